@@ -1,0 +1,1 @@
+//! Public API types (filled in by the services).

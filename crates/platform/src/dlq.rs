@@ -1,0 +1,130 @@
+//! Inspecting and re-driving dead-lettered messages (`shop dlq list|show|replay`).
+//!
+//! Messages are read with `basic.get` without acking and put back by closing the channel, so
+//! looking never removes anything. A replay publishes a fresh first attempt to the service
+//! queue with a confirm, and only then acks (removes) the dead letter.
+
+use chrono::{DateTime, Utc};
+use lapin::{
+    BasicProperties,
+    options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable},
+};
+use serde::Serialize;
+
+use crate::{
+    amqp::{Broker, H_ATTEMPTS, H_DEAD_AT, H_QUEUE, H_REASON, header_int, header_str, replay_to_queue},
+    topology,
+};
+
+/// A dead-lettered message as an operator sees it.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeadLetter {
+    pub service: String,
+    pub message_id: String,
+    pub event_type: String,
+    pub reason: String,
+    pub attempts: i64,
+    pub first_death_at: Option<DateTime<Utc>>,
+    /// The queue it came from (where a replay sends it).
+    pub source_queue: String,
+    pub body: String,
+}
+
+fn x_death(props: &BasicProperties) -> Option<(String, Option<DateTime<Utc>>, Option<String>)> {
+    let headers = props.headers().as_ref()?;
+    let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else { return None };
+    // The last entry is the first death.
+    let AMQPValue::FieldTable(first) = deaths.as_slice().last()? else { return None };
+    let get = |k: &str| first.inner().get(k).cloned();
+    let reason = match get("reason") {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        _ => "dead-lettered by the broker".into(),
+    };
+    let at = match get("time") {
+        Some(AMQPValue::Timestamp(t)) => DateTime::from_timestamp(t as i64, 0),
+        _ => None,
+    };
+    let queue = match get("queue") {
+        Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        _ => None,
+    };
+    Some((reason, at, queue))
+}
+
+fn describe(service: &str, broker: &Broker, props: &BasicProperties, body: &[u8]) -> DeadLetter {
+    let death = x_death(props);
+    let reason = header_str(props, H_REASON)
+        .or_else(|| death.as_ref().map(|(r, _, _)| format!("{r} (by the broker: the message outlived its queue TTL or was rejected)")))
+        .unwrap_or_else(|| "unknown".into());
+    let first_death_at = header_int(props, H_DEAD_AT)
+        .and_then(DateTime::from_timestamp_millis)
+        .or_else(|| death.as_ref().and_then(|(_, at, _)| *at));
+    let source_queue = header_str(props, H_QUEUE)
+        .or_else(|| death.as_ref().and_then(|(_, _, q)| q.clone()))
+        .unwrap_or_else(|| broker.names().queue(service));
+    DeadLetter {
+        service: service.to_string(),
+        message_id: props.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default(),
+        event_type: props.kind().as_ref().map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
+        reason,
+        attempts: header_int(props, H_ATTEMPTS).unwrap_or(1),
+        first_death_at,
+        source_queue,
+        body: String::from_utf8_lossy(body).into_owned(),
+    }
+}
+
+/// Services whose dead-letter queues exist.
+pub fn services() -> Vec<&'static str> {
+    topology::consuming_services().collect()
+}
+
+/// Every dead letter of `service` (or of every service), left in place.
+pub async fn list(broker: &Broker, service: Option<&str>) -> anyhow::Result<Vec<DeadLetter>> {
+    let mut out = Vec::new();
+    for svc in services().into_iter().filter(|s| service.is_none_or(|x| x == *s)) {
+        let ch = broker.channel().await?;
+        let dlq = broker.names().dead_letter_queue(svc);
+        let count = ch
+            .queue_declare(dlq.as_str().into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+            .await?
+            .message_count();
+        for _ in 0..count {
+            match ch.basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false }).await? {
+                Some(m) => out.push(describe(svc, broker, &m.delivery.properties, &m.delivery.data)),
+                None => break,
+            }
+        }
+        // Closing the channel returns every message we looked at to the queue.
+        let _ = ch.close(200, "listed".into()).await;
+    }
+    Ok(out)
+}
+
+/// Re-drives dead letters of `service` to their queue: the one with `message_id`, or all.
+/// Returns how many were replayed.
+pub async fn replay(broker: &Broker, service: &str, message_id: Option<&str>) -> anyhow::Result<usize> {
+    let ch = broker.channel().await?;
+    let dlq = broker.names().dead_letter_queue(service);
+    let count = ch
+        .queue_declare(dlq.as_str().into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+        .await?
+        .message_count();
+    let mut replayed = 0;
+    for _ in 0..count {
+        let Some(m) = ch.basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false }).await? else { break };
+        let d = describe(service, broker, &m.delivery.properties, &m.delivery.data);
+        if message_id.is_some_and(|id| id != d.message_id) {
+            continue; // stays unacked; returned to the queue when the channel closes
+        }
+        replay_to_queue(broker, &d.source_queue, &m.delivery.data, &m.delivery.properties).await?;
+        m.delivery.acker.ack(BasicAckOptions::default()).await?;
+        replayed += 1;
+        if message_id.is_some() {
+            break;
+        }
+    }
+    let _ = ch.close(200, "replayed".into()).await;
+    Ok(replayed)
+}

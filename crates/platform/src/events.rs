@@ -1,0 +1,136 @@
+//! The event catalogue: one typed payload per event type of DESIGN.md.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::envelope::{Envelope, EnvelopeError, Event};
+
+macro_rules! events {
+    ($( $ty:ident = $name:literal { $($(#[$fm:meta])* $field:ident : $fty:ty),* $(,)? } )*) => {
+        $(
+            #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+            #[serde(deny_unknown_fields)]
+            pub struct $ty { $($(#[$fm])* pub $field: $fty),* }
+            impl Event for $ty { const TYPE: &'static str = $name; }
+        )*
+        /// Every event type of the catalogue.
+        pub const ALL_TYPES: &[&str] = &[$($name),*];
+
+        /// Checks that an envelope's payload matches the schema of its type.
+        pub fn validate_payload(env: &Envelope) -> Result<(), EnvelopeError> {
+            match env.event_type.as_str() {
+                $($name => env.decode::<$ty>().map(|_| ()),)*
+                other => Err(EnvelopeError::UnknownType(other.to_string())),
+            }
+        }
+    };
+}
+
+/// One line of an order as it travels in events.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderLine {
+    pub product_id: Uuid,
+    pub quantity: i32,
+    pub unit_price_cents: i64,
+}
+
+events! {
+    UserRegistered = "user.registered" { user_id: Uuid, email: String, name: String }
+    ProductCreated = "product.created" {
+        product_id: Uuid, sku: String, name: String, price_cents: i64, currency: String, initial_stock: i64
+    }
+    ProductUpdated = "product.updated" { product_id: Uuid, name: String, description: String, price_cents: i64 }
+    OrderCreated = "order.created" {
+        order_id: Uuid, user_id: Uuid, items: Vec<OrderLine>, total_cents: i64, currency: String
+    }
+    StockReserved = "stock.reserved" { order_id: Uuid }
+    StockRejected = "stock.rejected" { order_id: Uuid, reason: String }
+    StockReleaseRequested = "stock.release_requested" { order_id: Uuid }
+    StockReleased = "stock.released" { order_id: Uuid }
+    PaymentRequested = "payment.requested" {
+        order_id: Uuid, user_id: Uuid, amount_cents: i64, currency: String, payment_token: String
+    }
+    PaymentSucceeded = "payment.succeeded" { order_id: Uuid, payment_id: Uuid, amount_cents: i64 }
+    PaymentFailed = "payment.failed" { order_id: Uuid, reason: String }
+    PaymentRefundRequested = "payment.refund_requested" { order_id: Uuid, payment_id: Uuid }
+    PaymentRefunded = "payment.refunded" { order_id: Uuid, payment_id: Uuid, amount_cents: i64 }
+    OrderConfirmed = "order.confirmed" { order_id: Uuid, user_id: Uuid, total_cents: i64 }
+    OrderCancelled = "order.cancelled" { order_id: Uuid, user_id: Uuid, reason: String }
+    NotificationSent = "notification.sent" { notification_id: Uuid, user_id: Uuid, kind: String }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_type_round_trips() {
+        let id = Uuid::now_v7();
+        let samples = vec![
+            Envelope::new(id, &UserRegistered { user_id: id, email: "a@b.c".into(), name: "A".into() }, id, id),
+            Envelope::new(
+                id,
+                &ProductCreated {
+                    product_id: id,
+                    sku: "S".into(),
+                    name: "N".into(),
+                    price_cents: 5,
+                    currency: "EUR".into(),
+                    initial_stock: 3,
+                },
+                id,
+                id,
+            ),
+            Envelope::new(
+                id,
+                &ProductUpdated { product_id: id, name: "N".into(), description: "D".into(), price_cents: 1 },
+                id,
+                id,
+            ),
+            Envelope::new(
+                id,
+                &OrderCreated {
+                    order_id: id,
+                    user_id: id,
+                    items: vec![OrderLine { product_id: id, quantity: 2, unit_price_cents: 100 }],
+                    total_cents: 200,
+                    currency: "EUR".into(),
+                },
+                id,
+                id,
+            ),
+            Envelope::new(id, &StockReserved { order_id: id }, id, id),
+            Envelope::new(id, &StockRejected { order_id: id, reason: "x".into() }, id, id),
+            Envelope::new(id, &StockReleaseRequested { order_id: id }, id, id),
+            Envelope::new(id, &StockReleased { order_id: id }, id, id),
+            Envelope::new(
+                id,
+                &PaymentRequested {
+                    order_id: id,
+                    user_id: id,
+                    amount_cents: 1,
+                    currency: "EUR".into(),
+                    payment_token: "tok".into(),
+                },
+                id,
+                id,
+            ),
+            Envelope::new(id, &PaymentSucceeded { order_id: id, payment_id: id, amount_cents: 1 }, id, id),
+            Envelope::new(id, &PaymentFailed { order_id: id, reason: "card_declined".into() }, id, id),
+            Envelope::new(id, &PaymentRefundRequested { order_id: id, payment_id: id }, id, id),
+            Envelope::new(id, &PaymentRefunded { order_id: id, payment_id: id, amount_cents: 1 }, id, id),
+            Envelope::new(id, &OrderConfirmed { order_id: id, user_id: id, total_cents: 1 }, id, id),
+            Envelope::new(id, &OrderCancelled { order_id: id, user_id: id, reason: "timeout".into() }, id, id),
+            Envelope::new(id, &NotificationSent { notification_id: id, user_id: id, kind: "k".into() }, id, id),
+        ];
+        let mut seen: Vec<_> = samples.iter().map(|e| e.event_type.clone()).collect();
+        seen.sort();
+        let mut all: Vec<_> = ALL_TYPES.iter().map(|s| s.to_string()).collect();
+        all.sort();
+        assert_eq!(seen, all, "one sample per catalogue type");
+        for env in samples {
+            assert_eq!(Envelope::parse(&env.to_bytes()).unwrap(), env);
+        }
+    }
+}

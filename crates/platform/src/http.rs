@@ -1,0 +1,315 @@
+//! HTTP conventions shared by every program: errors as `application/problem+json` with a
+//! stable `type` (never internals), a JSON extractor whose rejections are problems too,
+//! request ids, timeouts, body limits, and the health and metrics routes.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    extract::{FromRequest, Request, State, rejection::JsonRejection},
+    http::{HeaderName, HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::json;
+use tower_http::{
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    timeout::TimeoutLayer,
+    trace::TraceLayer,
+};
+use tracing::error;
+
+use crate::{
+    health::{Check, readiness},
+    metrics::{HttpLabel, Metrics},
+};
+
+/// Largest request body accepted.
+pub const BODY_LIMIT: usize = 64 * 1024;
+pub const PROBLEM_JSON: &str = "application/problem+json";
+pub const X_REQUEST_ID: &str = "x-request-id";
+/// Set by the gateway after authentication: the caller's user id and role. Services trust
+/// them because only the gateway is exposed.
+pub const X_USER_ID: &str = "x-user-id";
+pub const X_USER_ROLE: &str = "x-user-role";
+
+/// Every error a program answers with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("authentication required")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{field}: {message}")]
+    Validation { field: String, message: String },
+    #[error("too many requests")]
+    TooManyRequests { retry_after_secs: u64 },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn validation(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::Validation { field: field.into(), message: message.into() }
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        ApiError::NotFound(format!("{what} not found"))
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type")
+            }
+            ApiError::Validation { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation", "Validation failed"),
+            ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                error!(error = %e, "database unavailable");
+                ApiError::Unavailable("the database is unavailable, try again".into())
+            }
+            _ => ApiError::Internal(e.into()),
+        }
+    }
+}
+
+/// Builds a problem response.
+pub fn problem(status: StatusCode, slug: &str, title: &str, detail: &str) -> Response {
+    let body = json!({
+        "type": format!("urn:shop:problem:{slug}"),
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    let mut resp = (status, Json(body)).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    resp
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, slug, title) = self.parts();
+        let detail = match &self {
+            ApiError::Internal(e) => {
+                error!(error = %format!("{e:#}"), "internal error");
+                "an unexpected error occurred; it has been logged".to_string()
+            }
+            other => other.to_string(),
+        };
+        let mut resp = problem(status, slug, title, &detail);
+        if let ApiError::Validation { field, .. } = &self {
+            // Also name the field in a machine-readable member.
+            let body = json!({
+                "type": format!("urn:shop:problem:{slug}"), "title": title, "status": status.as_u16(),
+                "detail": detail, "field": field,
+            });
+            resp = (status, [(header::CONTENT_TYPE, PROBLEM_JSON)], body.to_string()).into_response();
+        }
+        if let ApiError::TooManyRequests { retry_after_secs } = self {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1)));
+        }
+        resp
+    }
+}
+
+/// JSON body extractor whose rejections are problems: 415 without a JSON content type, 400
+/// for malformed JSON, 422 (naming the field) for JSON of the wrong shape or unknown fields,
+/// 413 past the body limit.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(r: JsonRejection) -> ApiError {
+    match r {
+        JsonRejection::MissingJsonContentType(_) => {
+            ApiError::UnsupportedMediaType("expected Content-Type: application/json".into())
+        }
+        JsonRejection::JsonSyntaxError(e) => ApiError::BadRequest(format!("malformed JSON: {}", e.body_text())),
+        JsonRejection::JsonDataError(e) => {
+            let text = e.body_text();
+            // serde_path_to_error puts the path before ": "
+            let detail = text.trim_start_matches("Failed to deserialize the JSON body into the target type: ");
+            let (field, message) = match detail.split_once(": ") {
+                Some((path, msg)) if !path.contains(' ') => (path.to_string(), msg.to_string()),
+                _ => (field_from_message(detail), detail.to_string()),
+            };
+            ApiError::Validation { field, message }
+        }
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+        other => ApiError::BadRequest(other.body_text()),
+    }
+}
+
+/// Pulls a field name out of serde messages such as "unknown field `role`" or
+/// "missing field `email`".
+fn field_from_message(msg: &str) -> String {
+    msg.split('`').nth(1).unwrap_or("body").to_string()
+}
+
+/// Shared state of the health and metrics routes.
+#[derive(Clone)]
+pub struct Ops {
+    pub checks: Arc<Vec<Arc<dyn Check>>>,
+    pub metrics: Arc<Metrics>,
+    /// Refreshes gauges (e.g. outbox depth) before a scrape.
+    pub before_scrape: Option<Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>>,
+}
+
+/// `/health/live`, `/health/ready` and `/metrics`.
+pub fn ops_router(ops: Ops) -> Router {
+    Router::new()
+        .route("/health/live", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(ops)
+}
+
+async fn ready(State(ops): State<Ops>) -> Response {
+    let (ok, body) = readiness(&ops.checks).await;
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(ops): State<Ops>) -> Response {
+    if let Some(refresh) = &ops.before_scrape {
+        refresh().await;
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], ops.metrics.render()).into_response()
+}
+
+/// Wraps a router with the layers every program uses: request ids (generated or kept, and
+/// returned), a trace span per request carrying the id, a timeout answered 503, a body limit,
+/// a 404 problem for unknown routes, and request counting.
+pub fn with_common_layers(router: Router, metrics: Arc<Metrics>, timeout: Duration) -> Router {
+    let x_request_id = HeaderName::from_static(X_REQUEST_ID);
+    router
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(problem_for_bare_errors))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
+        .layer(middleware::from_fn_with_state(metrics, count_requests))
+        .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let id = req.headers().get(X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+            tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        }))
+        .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
+}
+
+async fn count_requests(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+    let method = req.method().to_string();
+    let resp = next.run(req).await;
+    metrics.http_requests.get_or_create(&HttpLabel { method, status: resp.status().as_u16() }).inc();
+    resp
+}
+
+/// Turns bare error responses from layers (timeouts, 405s) into problems.
+async fn problem_for_bare_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_problem = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if (status.is_client_error() || status.is_server_error()) && !is_problem {
+        let (slug, title) = match status {
+            StatusCode::METHOD_NOT_ALLOWED => ("method-not-allowed", "Method not allowed"),
+            StatusCode::SERVICE_UNAVAILABLE => ("unavailable", "Service unavailable"),
+            StatusCode::PAYLOAD_TOO_LARGE => ("payload-too-large", "Payload too large"),
+            StatusCode::NOT_FOUND => ("not-found", "Not found"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported-media-type", "Unsupported media type"),
+            s if s.is_server_error() => ("internal", "Internal error"),
+            _ => ("bad-request", "Bad request"),
+        };
+        let mut p = problem(status, slug, title, status.canonical_reason().unwrap_or("error"));
+        if let Some(allow) = resp.headers().get(header::ALLOW) {
+            p.headers_mut().insert(header::ALLOW, allow.clone());
+        }
+        return p;
+    }
+    resp
+}
+
+/// A JSON response with a status.
+pub fn json_with<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    (status, Json(body)).into_response()
+}
+
+/// The caller, as authenticated by the gateway.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub user_id: uuid::Uuid,
+    pub is_admin: bool,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let user_id = parts
+            .headers
+            .get(X_USER_ID)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or(ApiError::Unauthorized)?;
+        let is_admin = parts.headers.get(X_USER_ROLE).is_some_and(|v| v == "admin");
+        Ok(Caller { user_id, is_admin })
+    }
+}
+
+impl Caller {
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.is_admin { Ok(()) } else { Err(ApiError::Forbidden("administrators only".into())) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_names_are_extracted() {
+        assert_eq!(field_from_message("unknown field `role`, expected one of `a`"), "role");
+        assert_eq!(field_from_message("missing field `email` at line 1"), "email");
+        assert_eq!(field_from_message("nothing here"), "body");
+    }
+}

@@ -1,0 +1,29 @@
+//! Shared kernel of Shop.
+//!
+//! Every service is built from the same parts, written once here: the event [`envelope`] and
+//! its typed [`events`], the RabbitMQ [`amqp`] bus (publisher confirms, manual acks, retries
+//! with growing delays, dead-letter queues, reconnection), the transactional [`outbox`] and
+//! its relay, the idempotent [`inbox`], the in-memory [`memory`] bus for unit tests,
+//! [`config`], [`telemetry`], [`health`], [`metrics`], [`http`] helpers and the one
+//! start-up function every program runs ([`service`]).
+
+pub mod amqp;
+pub mod api;
+pub mod bus;
+pub mod config;
+pub mod db;
+pub mod dlq;
+pub mod envelope;
+pub mod events;
+pub mod health;
+pub mod http;
+pub mod inbox;
+pub mod memory;
+pub mod metrics;
+pub mod outbox;
+pub mod redis_util;
+pub mod service;
+pub mod telemetry;
+pub mod topology;
+
+pub use envelope::{Envelope, Event};

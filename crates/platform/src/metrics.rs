@@ -1,0 +1,107 @@
+//! Prometheus metrics of one program. Each program (even inside `shop up`) has its own
+//! registry, served on its own `/metrics`.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabel {
+    pub event_type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabel {
+    pub method: String,
+    pub status: u16,
+}
+
+/// The counters and gauges every program exposes.
+pub struct Metrics {
+    registry: Registry,
+    pub published: Family<TypeLabel, Counter>,
+    pub publish_failures: Counter,
+    pub consumed: Family<TypeLabel, Counter>,
+    pub duplicates: Family<TypeLabel, Counter>,
+    pub retried: Family<TypeLabel, Counter>,
+    pub dead_lettered: Family<TypeLabel, Counter>,
+    pub outbox_depth: Gauge,
+    pub outbox_oldest_age_seconds: Gauge<f64, AtomicU64>,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    pub cache_errors: Counter,
+    pub db_loads: Counter,
+    pub http_requests: Family<HttpLabel, Counter>,
+}
+
+impl Metrics {
+    pub fn new(program: &str) -> Self {
+        let mut registry =
+            Registry::with_prefix_and_labels("shop", [("program".into(), program.to_string().into())].into_iter());
+        let m = Metrics {
+            published: Family::default(),
+            publish_failures: Counter::default(),
+            consumed: Family::default(),
+            duplicates: Family::default(),
+            retried: Family::default(),
+            dead_lettered: Family::default(),
+            outbox_depth: Gauge::default(),
+            outbox_oldest_age_seconds: Gauge::default(),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            cache_errors: Counter::default(),
+            db_loads: Counter::default(),
+            http_requests: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("messages_published", "Events published with a broker confirm", m.published.clone());
+        registry.register("publish_failures", "Publishes that were not confirmed", m.publish_failures.clone());
+        registry.register("messages_consumed", "Events handled and acked", m.consumed.clone());
+        registry.register("messages_duplicate", "Redeliveries suppressed by the inbox", m.duplicates.clone());
+        registry.register("messages_retried", "Deliveries sent to a retry delay queue", m.retried.clone());
+        registry.register("messages_dead_lettered", "Messages parked in the dead-letter queue", m.dead_lettered.clone());
+        registry.register("outbox_depth", "Outbox rows not yet published", m.outbox_depth.clone());
+        registry.register(
+            "outbox_oldest_unsent_age_seconds",
+            "Age of the oldest unpublished outbox row",
+            m.outbox_oldest_age_seconds.clone(),
+        );
+        registry.register("cache_hits", "Product cache hits", m.cache_hits.clone());
+        registry.register("cache_misses", "Product cache misses", m.cache_misses.clone());
+        registry.register("cache_errors", "Cache operations that failed (Redis away)", m.cache_errors.clone());
+        registry.register("db_loads", "Product loads from PostgreSQL", m.db_loads.clone());
+        registry.register("http_requests", "HTTP requests answered", m.http_requests.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    pub fn label(event_type: &str) -> TypeLabel {
+        TypeLabel { event_type: event_type.to_string() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::new("orders");
+        m.published.get_or_create(&Metrics::label("order.created")).inc();
+        m.outbox_depth.set(3);
+        let text = m.render();
+        assert!(text.contains("shop_messages_published_total{"), "{text}");
+        assert!(text.contains("event_type=\"order.created\""));
+        assert!(text.contains("shop_outbox_depth{program=\"orders\"} 3"), "{text}");
+    }
+}

@@ -1,0 +1,180 @@
+//! The transactional outbox: a service writes the events it emits into its `outbox` table in
+//! the same transaction as its business rows; the [`Relay`] publishes them with confirms and
+//! marks them sent. A crash at any point loses nothing: an event is either not committed at
+//! all (and neither are its business rows) or it is in the outbox until confirmed.
+//!
+//! The relay wakes on `NOTIFY` from an insert trigger (no slow polling), publishes in id
+//! order in batches with pipelined confirms, backs off while the broker is away, and locks its
+//! batch with `FOR UPDATE SKIP LOCKED`, so several instances share the work safely.
+
+use std::{sync::Arc, time::Duration};
+
+use sqlx::{PgConnection, PgPool, postgres::PgListener};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{bus::Publisher, envelope::Envelope, metrics::Metrics};
+
+/// Adds an event to the outbox inside the caller's transaction.
+pub async fn enqueue(tx: &mut PgConnection, event: &Envelope) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO outbox (event_id, event_type, body) VALUES ($1, $2, $3)")
+        .bind(event.id)
+        .bind(&event.event_type)
+        .bind(serde_json::to_string(event).expect("envelopes always serialize"))
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+/// Unsent rows and the age of the oldest, in seconds.
+pub async fn stats(pool: &PgPool) -> sqlx::Result<(i64, f64)> {
+    let row: (i64, Option<f64>) = sqlx::query_as(
+        "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8 FROM outbox WHERE sent_at IS NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok((row.0, row.1.unwrap_or(0.0)))
+}
+
+/// The NOTIFY channel of a schema's outbox.
+pub fn channel(schema: &str) -> String {
+    format!("{schema}_outbox")
+}
+
+/// Publishes a service's outbox.
+pub struct Relay {
+    pub pool: PgPool,
+    pub schema: String,
+    pub publisher: Arc<dyn Publisher>,
+    pub metrics: Arc<Metrics>,
+    pub batch: i64,
+    pub retention_hours: u32,
+}
+
+impl Relay {
+    /// Publishes one batch; returns how many rows were published.
+    pub async fn drain_once(&self) -> anyhow::Result<usize> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT id, body FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(self.batch)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            tx.commit().await?;
+            return Ok(0);
+        }
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut events = Vec::with_capacity(rows.len());
+        for (id, body) in rows {
+            match serde_json::from_str::<Envelope>(&body) {
+                Ok(e) => {
+                    ids.push(id);
+                    events.push(e);
+                }
+                Err(e) => warn!(id, error = %e, "outbox row is not an envelope; leaving it for an operator"),
+            }
+        }
+        let results = self.publisher.publish_batch(&events).await;
+        // Stop at the first failure so that events stay in order: the rest go next time.
+        let sent: Vec<i64> = ids.iter().zip(&results).take_while(|(_, r)| r.is_ok()).map(|(id, _)| *id).collect();
+        let failure = results.into_iter().find_map(Result::err);
+        sqlx::query("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)").bind(&sent).execute(&mut *tx).await?;
+        tx.commit().await?;
+        match failure {
+            Some(e) if sent.is_empty() => Err(e.into()),
+            Some(e) => {
+                warn!(error = %e, published = sent.len(), "outbox batch partly published");
+                Ok(sent.len())
+            }
+            None => Ok(sent.len()),
+        }
+    }
+
+    /// Publishes everything unsent now (used at shutdown); stops at the first error.
+    pub async fn flush(&self) -> anyhow::Result<usize> {
+        let mut total = 0;
+        loop {
+            let n = self.drain_once().await?;
+            total += n;
+            if n == 0 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Runs until `stop`, then flushes what is left (bounded by the caller's timeout).
+    pub async fn run(self, stop: CancellationToken) {
+        let mut listener = self.listen().await;
+        let mut backoff = Duration::from_millis(50);
+        let mut last_prune = tokio::time::Instant::now();
+        loop {
+            if stop.is_cancelled() {
+                break;
+            }
+            match self.drain_once().await {
+                Ok(n) if n as i64 >= self.batch => continue,
+                Ok(_) => {
+                    backoff = Duration::from_millis(50);
+                    if last_prune.elapsed() > Duration::from_secs(60) {
+                        last_prune = tokio::time::Instant::now();
+                        self.prune().await;
+                    }
+                    // Sleep until a NOTIFY, or poll every second as a safety net.
+                    let wait = async {
+                        match listener.as_mut() {
+                            Some(l) => match tokio::time::timeout(Duration::from_secs(1), l.recv()).await {
+                                Ok(Err(e)) => {
+                                    debug!(error = %e, "outbox listener lost; falling back to polling");
+                                    tokio::time::sleep(Duration::from_millis(500)).await;
+                                    true
+                                }
+                                _ => false,
+                            },
+                            None => {
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                true
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        lost = wait => if lost { listener = self.listen().await; }
+                    }
+                }
+                Err(e) => {
+                    debug!(error = %format!("{e:#}"), ?backoff, "outbox relay waiting for the broker or database");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        match self.flush().await {
+            Ok(n) => info!(schema = %self.schema, published = n, "outbox flushed"),
+            Err(e) => warn!(schema = %self.schema, error = %format!("{e:#}"), "outbox not fully flushed; it will be published at the next start"),
+        }
+    }
+
+    async fn listen(&self) -> Option<PgListener> {
+        let mut l = PgListener::connect_with(&self.pool).await.ok()?;
+        l.listen(&channel(&self.schema)).await.ok()?;
+        Some(l)
+    }
+
+    async fn prune(&self) {
+        let r = sqlx::query("DELETE FROM outbox WHERE sent_at < now() - make_interval(hours => $1)")
+            .bind(self.retention_hours as i32)
+            .execute(&self.pool)
+            .await;
+        if let Err(e) = r {
+            debug!(error = %e, "outbox prune failed");
+        }
+        if let Err(e) = crate::inbox::prune(&self.pool, self.retention_hours).await {
+            debug!(error = %e, "inbox prune failed");
+        }
+    }
+}
