@@ -61,6 +61,10 @@ pub const H_QUEUE: &str = "x-shop-queue";
 /// Header: when the message was first dead-lettered (unix ms).
 pub const H_DEAD_AT: &str = "x-shop-dead-lettered-at";
 
+/// How long a publish waits for its confirm before the connection is deemed broken (a
+/// half-open TCP connection would otherwise hold it forever).
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Broker settings, taken from [`Config`].
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
@@ -242,7 +246,13 @@ impl Broker {
             )
             .await
             .map_err(|e| self.publish_failed(e))?;
-        check_confirm(confirm.await, queue).map_err(|e| self.note_failure(e))
+        match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+            Ok(c) => check_confirm(c, queue).map_err(|e| self.note_failure(e)),
+            Err(_) => {
+                self.broken.notify_one();
+                Err(self.note_failure(PublishError::Amqp("no publisher confirm in time".into())))
+            }
+        }
     }
 
     fn publish_failed(&self, e: lapin::Error) -> PublishError {
@@ -297,7 +307,13 @@ impl Publisher for Broker {
         let mut results = Vec::with_capacity(events.len());
         for (env, sent) in events.iter().zip(pending) {
             let result = match sent {
-                Ok(confirm) => check_confirm(confirm.await, &env.event_type),
+                Ok(confirm) => match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+                    Ok(c) => check_confirm(c, &env.event_type),
+                    Err(_) => {
+                        self.broken.notify_one();
+                        Err(PublishError::Amqp("no publisher confirm in time".into()))
+                    }
+                },
                 Err(e) => {
                     self.broken.notify_one();
                     Err(PublishError::Amqp(e.to_string()))

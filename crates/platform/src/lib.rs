@@ -24,6 +24,7 @@ pub mod outbox;
 pub mod redis_util;
 pub mod service;
 pub mod telemetry;
+pub mod testkit;
 pub mod topology;
 
 pub use envelope::{Envelope, Event};

@@ -26,7 +26,8 @@ impl MemoryBus {
         Self::default()
     }
 
-    /// The next `n` publishes fail with [`PublishError::Unavailable`].
+    /// The next `n` publish calls fail, every event in them with
+    /// [`PublishError::Unavailable`], as when the broker is away.
     pub fn fail_next(&self, n: usize) {
         self.failures_left.store(n, Ordering::SeqCst);
     }
@@ -63,12 +64,10 @@ impl MemoryBus {
 #[async_trait]
 impl Publisher for MemoryBus {
     async fn publish_batch(&self, events: &[Envelope]) -> Vec<Result<(), PublishError>> {
+        let failing =
+            self.failures_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
         let mut out = Vec::with_capacity(events.len());
         for e in events {
-            let failing = self
-                .failures_left
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
             if failing {
                 out.push(Err(PublishError::Unavailable));
             } else {

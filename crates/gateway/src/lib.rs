@@ -1,0 +1,4 @@
+//! gateway service.
+
+pub mod program;
+pub use program::Gateway;

@@ -1,0 +1,4 @@
+//! inventory service.
+
+pub mod program;
+pub use program::Inventory;

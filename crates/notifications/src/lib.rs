@@ -1,0 +1,4 @@
+//! notifications service.
+
+pub mod program;
+pub use program::Notifications;

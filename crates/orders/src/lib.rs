@@ -1,0 +1,6 @@
+//! orders service.
+
+pub mod saga;
+
+pub mod program;
+pub use program::Orders;

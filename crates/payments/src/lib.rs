@@ -1,0 +1,6 @@
+//! payments service.
+
+pub mod provider;
+
+pub mod program;
+pub use program::Payments;

@@ -1,0 +1,191 @@
+//! Test support: an isolated environment on the real servers (own database, own
+//! exchange/queue namespace), removed afterwards even when the test fails; a TCP proxy to
+//! cut connections; and waiting on conditions with a deadline instead of sleeping.
+
+use std::{
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use crate::{
+    amqp::{Broker, BrokerConfig},
+    config::Config,
+    db,
+    metrics::Metrics,
+    topology,
+};
+use sqlx::PgPool;
+use tokio::net::{TcpListener, TcpStream};
+
+/// Polls `cond` every 25 ms until it holds or `deadline` passes.
+pub async fn eventually<F, Fut>(what: &str, deadline: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if cond().await {
+            return;
+        }
+        if tokio::time::Instant::now() > until {
+            panic!("timed out after {deadline:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+pub struct TestEnv {
+    pub config: Config,
+    /// The broker itself (the test's own URL may go through a proxy that is gone by cleanup).
+    admin_amqp_url: String,
+    pub pool: PgPool,
+    pub metrics: Arc<Metrics>,
+}
+
+impl TestEnv {
+    /// A fresh namespace and database; `schema` is the service whose queue and schema the test uses.
+    pub async fn new(schema: &str, tweak: impl FnOnce(&mut Config)) -> TestEnv {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let ns = format!("t{}_", &id[..12]);
+        let mut config = Config::defaults();
+        config.namespace = ns.clone();
+        config.database_url = format!("postgres://postgres@127.0.0.1:5432/shop_{}", &ns[..ns.len() - 1]);
+        config.retry_delays_ms = vec![100, 200];
+        let admin_amqp_url = config.amqp_url.clone();
+        tweak(&mut config);
+        let pool = db::connect(&config.database_url, schema, 5).await.expect("database");
+        TestEnv { config, admin_amqp_url, pool, metrics: Arc::new(Metrics::new(schema)) }
+    }
+
+    /// Starts a program in this process on a free port, against the real servers.
+    pub async fn start(&self, program: Arc<dyn crate::service::Program>) -> crate::service::Running {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        crate::service::start(program, self.config.clone(), listener, tokio_util::sync::CancellationToken::new())
+            .await
+            .expect("program starts")
+    }
+
+    /// A Redis connection (keys must be made with `config.redis_key`, so cleanup finds them).
+    pub async fn redis(&self) -> redis::aio::ConnectionManager {
+        crate::redis_util::connect(&self.config.redis_url).await.expect("redis")
+    }
+
+    pub async fn broker(&self) -> Arc<Broker> {
+        Broker::connect(BrokerConfig::from_config(&self.config, "test"), self.metrics.clone()).await.expect("broker")
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let mut config = self.config.clone();
+        config.amqp_url = self.admin_amqp_url.clone();
+        let pool = self.pool.clone();
+        // Clean up on a thread of its own: this runs inside the test's runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+            rt.block_on(async move {
+                // No pool.close(): tasks of the (blocked) test runtime may hold connections;
+                // dropping the database WITH (FORCE) ends them.
+                drop(pool);
+                let _ = db::drop_database(&config.database_url).await;
+                delete_topology(&config).await;
+                delete_redis_keys(&config).await;
+            });
+        })
+        .join();
+    }
+}
+
+/// Deletes every Redis key of a namespace.
+pub async fn delete_redis_keys(config: &Config) {
+    let Ok(client) = redis::Client::open(config.redis_url.as_str()) else { return };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return };
+    let pattern = format!("{}*", config.namespace);
+    let keys: Vec<String> = match redis::cmd("KEYS").arg(&pattern).query_async(&mut conn).await {
+        Ok(k) => k,
+        Err(_) => return,
+    };
+    if !keys.is_empty() {
+        let _: Result<(), _> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
+    }
+}
+
+/// Deletes every queue and the exchange of a namespace.
+pub async fn delete_topology(config: &Config) {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    let Ok(conn) = lapin::Connection::connect(&config.amqp_url, Default::default()).await else { return };
+    let Ok(ch) = conn.create_channel().await else { return };
+    let names = topology::Names::new(&config.namespace);
+    for svc in topology::consuming_services() {
+        let mut queues = vec![names.queue(svc), names.dead_letter_queue(svc)];
+        for i in 1..=config.retry_delays_ms.len() {
+            queues.push(names.retry_queue(svc, i));
+        }
+        for q in queues {
+            let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+        }
+    }
+    let _ = ch.exchange_delete(names.exchange().as_str().into(), ExchangeDeleteOptions::default()).await;
+    let _ = conn.close(200, "cleanup".into()).await;
+}
+
+/// A TCP proxy in front of a server, to cut or refuse connections of one test only.
+pub struct Proxy {
+    pub port: u16,
+    state: Arc<Mutex<ProxyState>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    refuse: bool,
+    conns: Vec<tokio::task::AbortHandle>,
+}
+
+impl Proxy {
+    pub async fn start(target: &str) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(Mutex::new(ProxyState::default()));
+        let target = target.to_string();
+        let st = state.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { return };
+                if st.lock().unwrap().refuse {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                st.lock().unwrap().conns.push(task.abort_handle());
+            }
+        });
+        Proxy { port, state, accept }
+    }
+
+    /// Closes every connection through the proxy now.
+    pub fn cut(&self) {
+        for c in self.state.lock().unwrap().conns.drain(..) {
+            c.abort();
+        }
+    }
+
+    /// Refuses (closes at once) new connections while `on`.
+    pub fn refuse(&self, on: bool) {
+        self.state.lock().unwrap().refuse = on;
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}

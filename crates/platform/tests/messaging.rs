@@ -1,0 +1,408 @@
+//! The messaging guarantees against the real RabbitMQ and PostgreSQL: nothing lost between
+//! commit and publish, effects once under redelivery, poison and expired messages
+//! dead-lettered with a reason and replayable, retries, reconnection, graceful stop, readiness.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use lapin::{
+    BasicProperties,
+    options::{BasicPublishOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use shop_platform::{
+    Envelope,
+    amqp::Broker,
+    bus::{Handler, HandlerError, Publisher},
+    dlq,
+    events::PaymentRequested,
+    outbox::{self, Relay},
+};
+use sqlx::{PgConnection, PgPool};
+use shop_platform::testkit::{Proxy, TestEnv, eventually};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The service whose queue (bound to payment.requested) these tests use.
+const SVC: &str = "payments";
+const WAIT: Duration = Duration::from_secs(15);
+
+/// Records each handled event in a table, and fails or stalls on request.
+#[derive(Default)]
+struct Recorder {
+    /// Transient failures still to produce, per event id.
+    fail_transient: Mutex<HashMap<Uuid, usize>>,
+    /// Events that fail permanently while set.
+    fail_permanent: Mutex<Vec<Uuid>>,
+    /// Events whose handler panics.
+    panic_on: Mutex<Vec<Uuid>>,
+    delay: Mutex<Duration>,
+    started: AtomicUsize,
+    finished: AtomicBool,
+}
+
+#[async_trait]
+impl Handler for Recorder {
+    async fn handle(&self, event: &Envelope, tx: &mut PgConnection) -> Result<(), HandlerError> {
+        self.started.fetch_add(1, Ordering::SeqCst);
+        if self.panic_on.lock().unwrap().contains(&event.id) {
+            panic!("boom");
+        }
+        if let Some(n) = self.fail_transient.lock().unwrap().get_mut(&event.id) {
+            if *n > 0 {
+                *n -= 1;
+                return Err(HandlerError::Transient(anyhow::anyhow!("database hiccup")));
+            }
+        }
+        if self.fail_permanent.lock().unwrap().contains(&event.id) {
+            return Err(HandlerError::Permanent("amount is negative".into()));
+        }
+        let delay = *self.delay.lock().unwrap();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await; // simulated slow work inside the handler
+        }
+        sqlx::query("INSERT INTO effects (event_id) VALUES ($1)").bind(event.id).execute(&mut *tx).await?;
+        self.finished.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+async fn effects_table(pool: &PgPool) {
+    sqlx::query("CREATE TABLE IF NOT EXISTS effects (id BIGSERIAL PRIMARY KEY, event_id UUID NOT NULL)")
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+async fn effects(pool: &PgPool, id: Uuid) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM effects WHERE event_id = $1").bind(id).fetch_one(pool).await.unwrap()
+}
+
+fn event() -> Envelope {
+    let order = Uuid::now_v7();
+    Envelope::new(
+        order,
+        &PaymentRequested {
+            order_id: order,
+            user_id: Uuid::now_v7(),
+            amount_cents: 1299,
+            currency: "EUR".into(),
+            payment_token: "tok_ok".into(),
+        },
+        order,
+        order,
+    )
+}
+
+struct Harness {
+    env: TestEnv,
+    broker: Arc<Broker>,
+    handler: Arc<Recorder>,
+    stop: CancellationToken,
+    consumer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Harness {
+    async fn new(tweak: impl FnOnce(&mut shop_platform::config::Config)) -> Harness {
+        let env = TestEnv::new(SVC, tweak).await;
+        effects_table(&env.pool).await;
+        let broker = env.broker().await;
+        Harness { env, broker, handler: Arc::new(Recorder::default()), stop: CancellationToken::new(), consumer: None }
+    }
+
+    fn start_consumer(&mut self) {
+        self.consumer =
+            Some(self.broker.consume(SVC, self.env.pool.clone(), self.handler.clone(), self.stop.clone()));
+    }
+
+    fn relay(&self) -> Relay {
+        Relay {
+            pool: self.env.pool.clone(),
+            schema: SVC.into(),
+            publisher: self.broker.clone(),
+            metrics: self.env.metrics.clone(),
+            batch: 100,
+            retention_hours: 1,
+        }
+    }
+
+    async fn dead_letters(&self) -> Vec<dlq::DeadLetter> {
+        dlq::list(&self.broker, Some(SVC)).await.unwrap()
+    }
+
+    async fn queue_depth(&self) -> u32 {
+        let ch = self.broker.channel().await.unwrap();
+        let q = ch
+            .queue_declare(
+                self.broker.names().queue(SVC).as_str().into(),
+                QueueDeclareOptions { passive: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        q.message_count()
+    }
+
+    async fn publish_raw(&self, body: &[u8], routing_key: &str) {
+        let ch = self.broker.channel().await.unwrap();
+        ch.confirm_select(Default::default()).await.unwrap();
+        ch.basic_publish(
+            self.broker.names().exchange().as_str().into(),
+            routing_key.into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default().with_message_id("poison-1".into()).with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+
+    async fn shutdown(mut self) {
+        self.stop.cancel();
+        if let Some(c) = self.consumer.take() {
+            c.await.unwrap();
+        }
+        self.broker.close().await;
+    }
+}
+
+#[tokio::test]
+async fn an_event_committed_before_a_crash_is_published_once_after_restart() {
+    let mut h = Harness::new(|_| {}).await;
+    h.start_consumer();
+    // The service committed its business row and its event, then "crashed" before any relay ran.
+    let e = event();
+    let mut tx = h.env.pool.begin().await.unwrap();
+    outbox::enqueue(&mut tx, &e).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(outbox::stats(&h.env.pool).await.unwrap().0, 1, "the event waits in the outbox");
+
+    // After the restart the relay publishes it.
+    let stop = CancellationToken::new();
+    let relay = tokio::spawn(h.relay().run(stop.clone()));
+    let pool = h.env.pool.clone();
+    eventually("the event is handled", WAIT, || async { effects(&pool, e.id).await == 1 }).await;
+    eventually("the outbox is drained", WAIT, || async { outbox::stats(&pool).await.unwrap().0 == 0 }).await;
+
+    // A relay that crashed after publishing but before marking the row sent publishes it again:
+    // the consumer's inbox absorbs the copy.
+    h.broker.publish(&e).await.unwrap();
+    let m = h.env.metrics.clone();
+    eventually("the copy is seen as a duplicate", WAIT, || async {
+        m.duplicates.get_or_create(&shop_platform::metrics::Metrics::label("payment.requested")).get() == 1
+    })
+    .await;
+    assert_eq!(effects(&pool, e.id).await, 1, "effects exactly once");
+    stop.cancel();
+    relay.await.unwrap();
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_relay_wakes_on_notify_and_backs_off_while_the_broker_is_away() {
+    let h = Harness::new(|_| {}).await;
+    let bus = shop_platform::memory::MemoryBus::new();
+    bus.fail_next(3); // the broker is away for the first attempts
+    let relay = Relay { publisher: Arc::new(bus.clone()), ..h.relay() };
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(relay.run(stop.clone()));
+    let events: Vec<Envelope> = (0..5).map(|_| event()).collect();
+    let mut tx = h.env.pool.begin().await.unwrap();
+    for e in &events {
+        outbox::enqueue(&mut tx, e).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    assert!(bus.wait_for(5, WAIT).await, "published after the outage");
+    let ids: Vec<Uuid> = bus.published().iter().map(|e| e.id).collect();
+    assert_eq!(ids, events.iter().map(|e| e.id).collect::<Vec<_>>(), "in commit order, each once");
+    stop.cancel();
+    task.await.unwrap();
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_same_message_delivered_twice_has_its_effects_once() {
+    let mut h = Harness::new(|_| {}).await;
+    h.start_consumer();
+    let e = event();
+    h.broker.publish(&e).await.unwrap();
+    h.broker.publish(&e).await.unwrap();
+    let m = h.env.metrics.clone();
+    let label = shop_platform::metrics::Metrics::label("payment.requested");
+    eventually("both deliveries are processed", WAIT, || async {
+        m.consumed.get_or_create(&label).get() + m.duplicates.get_or_create(&label).get() == 2
+    })
+    .await;
+    assert_eq!(effects(&h.env.pool, e.id).await, 1);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn poison_messages_are_dead_lettered_with_a_reason_while_others_flow_and_can_be_replayed() {
+    let mut h = Harness::new(|_| {}).await;
+    h.start_consumer();
+    // Unparseable, a newer envelope version, and a handler that rejects the payload.
+    h.publish_raw(b"{not json", "payment.requested").await;
+    let mut newer = event();
+    newer.version = 2;
+    h.broker.publish(&newer).await.unwrap();
+    let rejected = event();
+    h.handler.fail_permanent.lock().unwrap().push(rejected.id);
+    h.broker.publish(&rejected).await.unwrap();
+    let good = event();
+    h.broker.publish(&good).await.unwrap();
+
+    let pool = h.env.pool.clone();
+    eventually("the good message is handled", WAIT, || async { effects(&pool, good.id).await == 1 }).await;
+    let mut letters = Vec::new();
+    for _ in 0..200 {
+        letters = h.dead_letters().await;
+        if letters.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(letters.len(), 3, "{letters:#?}");
+    let reason_of = |id: &str| letters.iter().find(|l| l.message_id == id).map(|l| l.reason.clone()).unwrap();
+    assert!(reason_of("poison-1").contains("malformed envelope"), "{}", reason_of("poison-1"));
+    assert!(reason_of(&newer.id.to_string()).contains("unsupported envelope version 2"));
+    assert!(reason_of(&rejected.id.to_string()).contains("amount is negative"));
+    assert!(letters.iter().all(|l| l.first_death_at.is_some() && l.source_queue == h.broker.names().queue(SVC)));
+
+    // Listing leaves them in place; once the cause is fixed, a replay re-drives one.
+    assert_eq!(h.dead_letters().await.len(), 3);
+    h.handler.fail_permanent.lock().unwrap().clear();
+    let n = dlq::replay(&h.broker, SVC, Some(&rejected.id.to_string())).await.unwrap();
+    assert_eq!(n, 1);
+    eventually("the replayed message is handled", WAIT, || async { effects(&pool, rejected.id).await == 1 }).await;
+    assert_eq!(h.dead_letters().await.len(), 2, "the other two stay parked");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_panicking_handler_does_not_kill_the_consumer() {
+    let mut h = Harness::new(|_| {}).await;
+    h.start_consumer();
+    let bad = event();
+    h.handler.panic_on.lock().unwrap().push(bad.id);
+    h.broker.publish(&bad).await.unwrap();
+    let good = event();
+    h.broker.publish(&good).await.unwrap();
+    let pool = h.env.pool.clone();
+    eventually("the next message is handled", WAIT, || async { effects(&pool, good.id).await == 1 }).await;
+    let broker = h.broker.clone();
+    eventually("the panicking one is parked after its retries", WAIT, || async {
+        dlq::list(&broker, Some(SVC)).await.unwrap().iter().any(|l| l.reason.contains("handler panicked"))
+    })
+    .await;
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_transient_failure_is_retried_with_delays_then_succeeds() {
+    let mut h = Harness::new(|_| {}).await;
+    h.start_consumer();
+    let e = event();
+    h.handler.fail_transient.lock().unwrap().insert(e.id, 2);
+    h.broker.publish(&e).await.unwrap();
+    let pool = h.env.pool.clone();
+    eventually("handled on the third attempt", WAIT, || async { effects(&pool, e.id).await == 1 }).await;
+    assert_eq!(h.handler.started.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        h.env.metrics.retried.get_or_create(&shop_platform::metrics::Metrics::label("payment.requested")).get(),
+        2
+    );
+    assert!(h.dead_letters().await.is_empty());
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_message_that_keeps_failing_is_dead_lettered_with_its_last_error() {
+    let mut h = Harness::new(|_| {}).await;
+    h.start_consumer();
+    let e = event();
+    h.handler.fail_transient.lock().unwrap().insert(e.id, usize::MAX);
+    h.broker.publish(&e).await.unwrap();
+    let broker = h.broker.clone();
+    eventually("dead-lettered after all attempts", WAIT, || async {
+        dlq::list(&broker, Some(SVC)).await.unwrap().len() == 1
+    })
+    .await;
+    let letter = &h.dead_letters().await[0];
+    assert_eq!(letter.attempts, 3, "first attempt + two retries");
+    assert!(letter.reason.contains("failed after 3 attempts") && letter.reason.contains("database hiccup"), "{}", letter.reason);
+    assert_eq!(letter.event_type, "payment.requested");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_expired_message_is_dead_lettered_not_dropped() {
+    let h = Harness::new(|c| c.message_ttl_ms = 200).await;
+    // No consumer is running: the message outlives its TTL.
+    let e = event();
+    h.broker.publish(&e).await.unwrap();
+    let broker = h.broker.clone();
+    eventually("the expired message is in the dead-letter queue", WAIT, || async {
+        dlq::list(&broker, Some(SVC)).await.unwrap().len() == 1
+    })
+    .await;
+    let letter = &h.dead_letters().await[0];
+    assert_eq!(letter.message_id, e.id.to_string());
+    assert!(letter.reason.starts_with("expired"), "{}", letter.reason);
+    assert!(letter.first_death_at.is_some());
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn publishing_and_consuming_resume_after_the_connections_drop() {
+    let upstream = "127.0.0.1:5672";
+    let proxy = Proxy::start(upstream).await;
+    let mut h = Harness::new(|c| c.amqp_url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port)).await;
+    h.start_consumer();
+    let first = event();
+    h.broker.publish(&first).await.unwrap();
+    let pool = h.env.pool.clone();
+    eventually("handled before the cut", WAIT, || async { effects(&pool, first.id).await == 1 }).await;
+
+    // Every connection of this test is closed under the clients' feet, and new ones are refused
+    // for a while.
+    proxy.refuse(true);
+    proxy.cut();
+    let broker = h.broker.clone();
+    eventually("the loss is noticed", WAIT, || async { !broker.is_connected() }).await;
+    assert!(h.broker.publish(&event()).await.is_err(), "publishing fails fast while away");
+    proxy.refuse(false);
+    assert!(h.broker.wait_connected(WAIT).await, "reconnected by itself");
+
+    let second = event();
+    h.broker.publish(&second).await.unwrap();
+    eventually("the consumer resumed by itself", WAIT, || async { effects(&pool, second.id).await == 1 }).await;
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_graceful_stop_finishes_the_message_in_flight() {
+    let mut h = Harness::new(|_| {}).await;
+    *h.handler.delay.lock().unwrap() = Duration::from_millis(700);
+    h.start_consumer();
+    let e = event();
+    h.broker.publish(&e).await.unwrap();
+    let handler = h.handler.clone();
+    eventually("the handler started", WAIT, || async { handler.started.load(Ordering::SeqCst) == 1 }).await;
+    // Stop while the handler is still working.
+    h.stop.cancel();
+    h.consumer.take().unwrap().await.unwrap();
+    assert!(h.handler.finished.load(Ordering::SeqCst));
+    assert_eq!(effects(&h.env.pool, e.id).await, 1, "committed");
+    assert_eq!(h.queue_depth().await, 0, "acked, not returned to the queue");
+    h.shutdown().await;
+}

@@ -1,0 +1,4 @@
+//! products service.
+
+pub mod program;
+pub use program::Products;

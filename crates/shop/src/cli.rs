@@ -1,0 +1,216 @@
+//! `shop up | run | migrate | dlq | seed`: every option is also an environment variable, and
+//! `shop --help` documents each.
+
+use std::{process::ExitCode, sync::Arc};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use shop_platform::{
+    amqp::{Broker, BrokerConfig},
+    config::Config,
+    dlq,
+    metrics::Metrics,
+    service::{self, Running},
+    telemetry,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::{PROGRAMS, program};
+
+/// Shop: an event-driven e-commerce backend (gateway + six services over RabbitMQ, Redis and
+/// PostgreSQL).
+#[derive(Parser, Debug)]
+#[command(name = "shop", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run all seven programs in one process, each on its own port, talking only through
+    /// RabbitMQ and HTTP (for a laptop).
+    Up,
+    /// Run one program, as in production.
+    Run {
+        /// users, products, inventory, orders, payments, notifications or gateway.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(PROGRAMS))]
+        program: String,
+    },
+    /// Apply every service's database migrations (also done at start-up).
+    Migrate,
+    /// Inspect and re-drive dead-lettered messages.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DlqCommand {
+    /// List dead-lettered messages: service, id, type, reason, attempts, first death time.
+    List {
+        /// Only this service's dead-letter queue.
+        #[arg(long)]
+        service: Option<String>,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one dead-lettered message with its body.
+    Show {
+        /// The message id (the event id).
+        id: String,
+    },
+    /// Re-drive dead-lettered messages to their queue as fresh first attempts.
+    Replay {
+        /// The service whose dead-letter queue to replay.
+        #[arg(long)]
+        service: String,
+        /// Only the message with this id.
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        id: Option<String>,
+        /// Every message in that queue.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+pub fn main(cli: Cli) -> ExitCode {
+    telemetry::init(&cli.config.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(execute(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(cli: Cli) -> anyhow::Result<()> {
+    let config = cli.config;
+    match cli.command {
+        Command::Up => serve(&config, PROGRAMS).await,
+        Command::Run { program } => serve(&config, &[program.as_str()]).await,
+        Command::Migrate => {
+            for name in PROGRAMS {
+                service::migrate(program(name).expect("known").as_ref(), &config).await?;
+            }
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Dlq { command } => dlq_command(&config, command).await,
+    }
+}
+
+/// Cancelled on SIGINT or SIGTERM.
+pub fn shutdown_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        info!("stop requested; finishing work in flight");
+        t.cancel();
+    });
+    token
+}
+
+/// Starts the named programs, then waits for a stop signal and stops them gracefully.
+async fn serve(config: &Config, names: &[&str]) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
+    let mut running: Vec<Running> = Vec::new();
+    for name in names {
+        let started = async {
+            let listener = service::bind(&config.bind, config.port_of(name)).await?;
+            service::start(program(name).expect("known"), config.clone(), listener, shutdown.clone()).await
+        }
+        .await
+        .with_context(|| format!("starting {name}"));
+        match started {
+            Ok(r) => running.push(r),
+            Err(e) => {
+                shutdown.cancel();
+                for r in running {
+                    let _ = r.wait().await;
+                }
+                return Err(e);
+            }
+        }
+    }
+    info!(programs = ?names, "shop is up");
+    shutdown.cancelled().await;
+    let results = futures::future::join_all(running.into_iter().map(|r| r.wait())).await;
+    for r in results {
+        r?;
+    }
+    Ok(())
+}
+
+async fn dlq_broker(config: &Config) -> anyhow::Result<Arc<Broker>> {
+    Broker::connect(BrokerConfig::from_config(config, "dlq-tool"), Arc::new(Metrics::new("dlq-tool"))).await
+}
+
+async fn dlq_command(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
+    let broker = dlq_broker(config).await?;
+    let result = async {
+        match command {
+            DlqCommand::List { service, json } => {
+                let letters = dlq::list(&broker, service.as_deref()).await?;
+                if json {
+                    for l in &letters {
+                        println!("{}", serde_json::to_string(l)?);
+                    }
+                } else {
+                    println!("{:<14} {:<38} {:<26} {:>8} {:<25} reason", "service", "id", "type", "attempts", "first death");
+                    for l in &letters {
+                        let at = l.first_death_at.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into());
+                        println!(
+                            "{:<14} {:<38} {:<26} {:>8} {:<25} {}",
+                            l.service, l.message_id, l.event_type, l.attempts, at, l.reason
+                        );
+                    }
+                    println!("{} dead-lettered message(s)", letters.len());
+                }
+                Ok(())
+            }
+            DlqCommand::Show { id } => {
+                let letters = dlq::list(&broker, None).await?;
+                let l = letters.into_iter().find(|l| l.message_id == id).with_context(|| format!("no dead letter with id {id}"))?;
+                println!("{}", serde_json::to_string_pretty(&l)?);
+                Ok(())
+            }
+            DlqCommand::Replay { service, id, all: _ } => {
+                let n = dlq::replay(&broker, &service, id.as_deref()).await?;
+                if id.is_some() && n == 0 {
+                    anyhow::bail!("no dead letter with that id in {service}'s dead-letter queue");
+                }
+                println!("replayed {n} message(s) to {service}");
+                Ok(())
+            }
+        }
+    }
+    .await;
+    broker.close().await;
+    result
+}

@@ -1,0 +1,6 @@
+//! users service.
+
+pub mod domain;
+
+pub mod program;
+pub use program::Users;
