@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod redis_util;
 pub mod service;
+pub mod session;
 pub mod telemetry;
 pub mod testkit;
 pub mod topology;

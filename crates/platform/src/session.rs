@@ -1,0 +1,83 @@
+//! Login sessions in Redis, shared by the users service (which creates and deletes them) and
+//! the gateway (which checks them on every request and slides their expiry).
+//!
+//! The key is `session:{sha256(token)}` rather than the token itself (a refinement of
+//! DESIGN.md): whoever can read Redis keys still cannot log in as anyone.
+
+use redis::{AsyncCommands as _, aio::ConnectionManager};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+/// What a session holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub user_id: Uuid,
+    /// `user` or `admin`.
+    pub role: String,
+}
+
+/// The Redis key of a token's session.
+pub fn key(namespace: &str, token: &str) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{namespace}session:{hex}")
+}
+
+/// Stores a session for `ttl_secs`.
+pub async fn create(
+    redis: &mut ConnectionManager,
+    namespace: &str,
+    token: &str,
+    session: &Session,
+    ttl_secs: u64,
+) -> redis::RedisResult<()> {
+    let value = serde_json::to_string(session).expect("sessions serialize");
+    redis.set_ex(key(namespace, token), value, ttl_secs).await
+}
+
+/// The session of `token`, sliding its expiry by `ttl_secs`; `None` if unknown or expired.
+pub async fn touch(
+    redis: &mut ConnectionManager,
+    namespace: &str,
+    token: &str,
+    ttl_secs: u64,
+) -> redis::RedisResult<Option<Session>> {
+    let value: Option<String> =
+        redis::cmd("GETEX").arg(key(namespace, token)).arg("EX").arg(ttl_secs).query_async(redis).await?;
+    Ok(value.and_then(|v| serde_json::from_str(&v).ok()))
+}
+
+/// Deletes the session of `token` (logout): the token stops working at once.
+pub async fn delete(redis: &mut ConnectionManager, namespace: &str, token: &str) -> redis::RedisResult<()> {
+    redis.del(key(namespace, token)).await
+}
+
+/// The bearer token of an `Authorization` header value.
+pub fn bearer(header: Option<&str>) -> Option<&str> {
+    let v = header?.trim();
+    let (scheme, token) = v.split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_do_not_contain_the_token() {
+        let k = key("ns_", "secret-token");
+        assert!(k.starts_with("ns_session:"));
+        assert!(!k.contains("secret-token"));
+        assert_eq!(k.len(), "ns_session:".len() + 64);
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer(Some("Bearer abc")), Some("abc"));
+        assert_eq!(bearer(Some("bearer  abc ")), Some("abc"));
+        assert_eq!(bearer(Some("Basic abc")), None);
+        assert_eq!(bearer(Some("Bearer ")), None);
+        assert_eq!(bearer(None), None);
+    }
+}
