@@ -1,7 +1,12 @@
 //! The inventory program: start-up wiring.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use shop_platform::service::{Context, Parts, Program};
+use sqlx::PgPool;
+
+use crate::{handlers::InventoryHandler, http};
 
 pub struct Inventory;
 
@@ -11,7 +16,16 @@ impl Program for Inventory {
         "inventory"
     }
 
-    async fn build(&self, _ctx: &Context) -> anyhow::Result<Parts> {
-        Ok(Parts::default())
+    async fn migrate(&self, pool: &PgPool) -> anyhow::Result<()> {
+        sqlx::migrate!("./migrations").run(pool).await?;
+        Ok(())
+    }
+
+    async fn build(&self, ctx: &Context) -> anyhow::Result<Parts> {
+        Ok(Parts {
+            router: http::router(ctx.pool().clone()),
+            handler: Some(Arc::new(InventoryHandler)),
+            ..Default::default()
+        })
     }
 }

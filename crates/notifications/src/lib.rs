@@ -1,4 +1,18 @@
-//! notifications service.
+//! The notifications service: tells users about their account and orders, once per fact.
+//!
+//! * [`domain`]: what each message says, without I/O;
+//! * [`store`]: all SQL;
+//! * [`sender`]: how a message leaves (the [`sender::Sender`] seam; the log by default);
+//! * [`handlers`]: `user.registered`, `order.confirmed`, `order.cancelled`;
+//! * [`http`]: `GET /api/notifications`; [`api`]: its body.
 
+pub mod api;
+pub mod domain;
+pub mod handlers;
+pub mod http;
 pub mod program;
-pub use program::Notifications;
+pub mod sender;
+pub mod store;
+
+pub use program::{Notifications, NotificationsVia};
+pub use sender::{LogSender, Sender};

@@ -28,11 +28,13 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use futures::{FutureExt as _, StreamExt as _};
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event as LapinEvent, ExchangeKind,
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event as LapinEvent,
+    ExchangeKind,
     message::Delivery,
     options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
-        BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+        BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+        QueueBindOptions, QueueDeclareOptions,
     },
     types::{AMQPValue, FieldTable, ShortString},
 };
@@ -76,6 +78,9 @@ pub struct BrokerConfig {
     pub queue_type: QueueType,
     /// Shown in RabbitMQ's connection list.
     pub connection_name: String,
+    /// Whether to declare the topology on (re)connect. Tools that only inspect queues
+    /// (`shop dlq`, `shop audit`) do not, so their settings cannot clash with the services'.
+    pub declare_topology: bool,
 }
 
 impl BrokerConfig {
@@ -88,6 +93,15 @@ impl BrokerConfig {
             retry_delays: cfg.retry_delays(),
             queue_type: cfg.queue_type,
             connection_name: format!("shop-{}{program}", cfg.namespace),
+            declare_topology: true,
+        }
+    }
+
+    /// For tools that inspect and re-drive messages without declaring anything.
+    pub fn for_tools(cfg: &Config, tool: &str) -> Self {
+        BrokerConfig {
+            declare_topology: false,
+            ..Self::from_config(cfg, tool)
         }
     }
 }
@@ -161,7 +175,9 @@ impl Broker {
 
     /// A new channel on the current connection (for tools such as `shop dlq`).
     pub async fn channel(&self) -> anyhow::Result<Channel> {
-        let live = self.current().ok_or_else(|| anyhow::anyhow!("the broker is unavailable"))?;
+        let live = self
+            .current()
+            .ok_or_else(|| anyhow::anyhow!("the broker is unavailable"))?;
         Ok(live.conn.create_channel().await?)
     }
 
@@ -204,7 +220,11 @@ impl Broker {
                     }
                 }
                 self.live.send_replace(None);
-                let _ = tokio::time::timeout(Duration::from_secs(1), live.conn.close(320, "reconnecting".into())).await;
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    live.conn.close(320, "reconnecting".into()),
+                )
+                .await;
             }
             // Reconnect with growing delays until it works or we are closed.
             loop {
@@ -233,14 +253,22 @@ impl Broker {
 
     /// Publishes one message with a publisher confirm (used for retries, dead letters and
     /// replays, which go through the default exchange straight to a queue).
-    async fn publish_to_queue(&self, queue: &str, body: &[u8], props: BasicProperties) -> Result<(), PublishError> {
+    async fn publish_to_queue(
+        &self,
+        queue: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), PublishError> {
         let live = self.current().ok_or(PublishError::Unavailable)?;
         let confirm = live
             .publish
             .basic_publish(
                 ShortString::from(""),
                 ShortString::from(queue),
-                BasicPublishOptions { mandatory: true, immediate: false },
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
                 body,
                 props,
             )
@@ -291,16 +319,28 @@ impl Publisher for Broker {
     async fn publish_batch(&self, events: &[Envelope]) -> Vec<Result<(), PublishError>> {
         let Some(live) = self.current() else {
             self.metrics.publish_failures.inc_by(events.len() as u64);
-            return events.iter().map(|_| Err(PublishError::Unavailable)).collect();
+            return events
+                .iter()
+                .map(|_| Err(PublishError::Unavailable))
+                .collect();
         };
         let exchange = ShortString::from(self.cfg.names.exchange());
         let mut pending = Vec::with_capacity(events.len());
         for env in events {
             let props = properties(env);
-            let opts = BasicPublishOptions { mandatory: topology::has_consumers(&env.event_type), immediate: false };
+            let opts = BasicPublishOptions {
+                mandatory: topology::has_consumers(&env.event_type),
+                immediate: false,
+            };
             let sent = live
                 .publish
-                .basic_publish(exchange.clone(), ShortString::from(env.event_type.as_str()), opts, &env.to_bytes(), props)
+                .basic_publish(
+                    exchange.clone(),
+                    ShortString::from(env.event_type.as_str()),
+                    opts,
+                    &env.to_bytes(),
+                    props,
+                )
                 .await;
             pending.push(sent);
         }
@@ -321,7 +361,10 @@ impl Publisher for Broker {
             };
             match &result {
                 Ok(()) => {
-                    self.metrics.published.get_or_create(&Metrics::label(&env.event_type)).inc();
+                    self.metrics
+                        .published
+                        .get_or_create(&Metrics::label(&env.event_type))
+                        .inc();
                 }
                 Err(_) => {
                     self.metrics.publish_failures.inc();
@@ -338,7 +381,9 @@ fn check_confirm(confirm: lapin::Result<Confirmation>, target: &str) -> Result<(
         Ok(Confirmation::Ack(None)) => Ok(()),
         Ok(Confirmation::Ack(Some(_))) => Err(PublishError::Unroutable(target.to_string())),
         Ok(Confirmation::Nack(_)) => Err(PublishError::Nacked),
-        Ok(Confirmation::NotRequested) => Err(PublishError::Amqp("publisher confirms not enabled".into())),
+        Ok(Confirmation::NotRequested) => {
+            Err(PublishError::Amqp("publisher confirms not enabled".into()))
+        }
         Err(e) => Err(PublishError::Amqp(e.to_string())),
     }
 }
@@ -363,15 +408,23 @@ fn properties(env: &Envelope) -> BasicProperties {
 }
 
 async fn connect_live(cfg: &BrokerConfig) -> anyhow::Result<Live> {
-    let props = ConnectionProperties::default().with_connection_name(cfg.connection_name.clone().into());
-    let conn = tokio::time::timeout(Duration::from_secs(10), Connection::connect(&cfg.url, props))
-        .await
-        .context("timed out")??;
-    let setup = conn.create_channel().await?;
-    declare_topology(&setup, cfg).await?;
-    let _ = setup.close(200, "topology declared".into()).await;
+    let props =
+        ConnectionProperties::default().with_connection_name(cfg.connection_name.clone().into());
+    let conn = tokio::time::timeout(
+        Duration::from_secs(10),
+        Connection::connect(&cfg.url, props),
+    )
+    .await
+    .context("timed out")??;
+    if cfg.declare_topology {
+        let setup = conn.create_channel().await?;
+        declare_topology(&setup, cfg).await?;
+        let _ = setup.close(200, "topology declared".into()).await;
+    }
     let publish = conn.create_channel().await?;
-    publish.confirm_select(ConfirmSelectOptions::default()).await?;
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     Ok(Live { conn, publish })
 }
 
@@ -393,11 +446,17 @@ fn queue_type_args(cfg: &BrokerConfig) -> FieldTable {
 /// DLQ), its DLQ, its retry delay queues, and its bindings. Idempotent.
 pub async fn declare_topology(ch: &Channel, cfg: &BrokerConfig) -> anyhow::Result<()> {
     let names = &cfg.names;
-    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
     ch.exchange_declare(
         names.exchange().into(),
         ExchangeKind::Topic,
-        ExchangeDeclareOptions { durable: true, ..Default::default() },
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
         FieldTable::default(),
     )
     .await
@@ -407,8 +466,14 @@ pub async fn declare_topology(ch: &Channel, cfg: &BrokerConfig) -> anyhow::Resul
         let dlq = names.dead_letter_queue(service);
         let mut args = queue_type_args(cfg);
         args.insert("x-message-ttl".into(), long(u64::from(cfg.message_ttl_ms)));
-        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
-        args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(dlq.as_str().into()));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(dlq.as_str().into()),
+        );
         ch.queue_declare(queue.as_str().into(), durable, args)
             .await
             .with_context(|| format!("declaring queue {queue} (if its arguments changed, delete it or keep the old settings)"))?;
@@ -419,8 +484,14 @@ pub async fn declare_topology(ch: &Channel, cfg: &BrokerConfig) -> anyhow::Resul
             let retry = names.retry_queue(service, i + 1);
             let mut args = queue_type_args(cfg);
             args.insert("x-message-ttl".into(), long(delay.as_millis() as u64));
-            args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
-            args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(queue.as_str().into()));
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString("".into()),
+            );
+            args.insert(
+                "x-dead-letter-routing-key".into(),
+                AMQPValue::LongString(queue.as_str().into()),
+            );
             ch.queue_declare(retry.as_str().into(), durable, args)
                 .await
                 .with_context(|| format!("declaring queue {retry}"))?;
@@ -473,7 +544,10 @@ pub fn with_headers(props: &BasicProperties, set: &[(&str, AMQPValue)]) -> Basic
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 struct Consumer {
@@ -523,9 +597,15 @@ impl Consumer {
     }
 
     /// Consumes until `stop` (Ok) or until the channel fails (Err).
-    async fn consume_on(self: Arc<Self>, live: &Live, stop: &CancellationToken, inflight: &TaskTracker) -> anyhow::Result<()> {
+    async fn consume_on(
+        self: Arc<Self>,
+        live: &Live,
+        stop: &CancellationToken,
+        inflight: &TaskTracker,
+    ) -> anyhow::Result<()> {
         let ch = live.conn.create_channel().await?;
-        ch.basic_qos(self.broker.cfg.prefetch, BasicQosOptions::default()).await?;
+        ch.basic_qos(self.broker.cfg.prefetch, BasicQosOptions::default())
+            .await?;
         let mut stream = ch
             .basic_consume(
                 self.queue.as_str().into(),
@@ -560,12 +640,29 @@ impl Consumer {
     }
 
     async fn process(self: Arc<Self>, delivery: Delivery) {
-        let attempts = header_int(&delivery.properties, H_ATTEMPTS).unwrap_or(1).max(1);
-        let message_id = delivery.properties.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default();
+        let attempts = header_int(&delivery.properties, H_ATTEMPTS)
+            .unwrap_or(1)
+            .max(1);
+        let message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
         let span = info_span!("message", queue = %self.queue, id = %message_id, attempt = attempts);
-        let fate = self.decide(&delivery, attempts).instrument(span.clone()).await;
+        let fate = self
+            .decide(&delivery, attempts)
+            .instrument(span.clone())
+            .await;
         let _enter = span.enter();
-        let label = Metrics::label(&delivery.properties.kind().as_ref().map(|s| s.to_string()).unwrap_or_default());
+        let label = Metrics::label(
+            &delivery
+                .properties
+                .kind()
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+        );
         let m = &self.broker.metrics;
         let forwarded = match fate {
             Fate::Ack => Ok(()),
@@ -575,11 +672,18 @@ impl Consumer {
                 debug!(%error, delay_ms = delays[idx - 1].as_millis() as u64, "retrying later");
                 let props = with_headers(
                     &delivery.properties,
-                    &[(H_ATTEMPTS, long(attempts as u64 + 1)), (H_LAST_ERROR, AMQPValue::LongString(error.into()))],
+                    &[
+                        (H_ATTEMPTS, long(attempts as u64 + 1)),
+                        (H_LAST_ERROR, AMQPValue::LongString(error.into())),
+                    ],
                 );
                 let r = self
                     .broker
-                    .publish_to_queue(&self.broker.cfg.names.retry_queue(&self.service, idx), &delivery.data, props)
+                    .publish_to_queue(
+                        &self.broker.cfg.names.retry_queue(&self.service, idx),
+                        &delivery.data,
+                        props,
+                    )
                     .await;
                 if r.is_ok() {
                     m.retried.get_or_create(&label).inc();
@@ -599,7 +703,11 @@ impl Consumer {
                 );
                 let r = self
                     .broker
-                    .publish_to_queue(&self.broker.cfg.names.dead_letter_queue(&self.service), &delivery.data, props)
+                    .publish_to_queue(
+                        &self.broker.cfg.names.dead_letter_queue(&self.service),
+                        &delivery.data,
+                        props,
+                    )
                     .await;
                 if r.is_ok() {
                     m.dead_lettered.get_or_create(&label).inc();
@@ -611,7 +719,13 @@ impl Consumer {
             Ok(()) => delivery.acker.ack(BasicAckOptions::default()).await,
             Err(e) => {
                 warn!(error = %e, "could not forward the message; returning it to the queue");
-                delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await
+                delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        multiple: false,
+                    })
+                    .await
             }
         };
         if let Err(e) = acked {
@@ -623,7 +737,12 @@ impl Consumer {
     async fn decide(&self, delivery: &Delivery, attempts: i64) -> Fate {
         let env = match Envelope::parse(&delivery.data) {
             Ok(env) => env,
-            Err(e) => return Fate::DeadLetter { attempts, reason: e.to_string() },
+            Err(e) => {
+                return Fate::DeadLetter {
+                    attempts,
+                    reason: e.to_string(),
+                };
+            }
         };
         if !topology::bindings_of(&self.service).contains(&env.event_type.as_str()) {
             return Fate::DeadLetter {
@@ -633,7 +752,9 @@ impl Consumer {
         }
         let m = &self.broker.metrics;
         let label = Metrics::label(&env.event_type);
-        let run = std::panic::AssertUnwindSafe(inbox::process(&self.pool, &env, self.handler.as_ref())).catch_unwind();
+        let run =
+            std::panic::AssertUnwindSafe(inbox::process(&self.pool, &env, self.handler.as_ref()))
+                .catch_unwind();
         match run.await {
             Ok(Ok(true)) => {
                 m.consumed.get_or_create(&label).inc();
@@ -645,7 +766,9 @@ impl Consumer {
                 Fate::Ack
             }
             Ok(Err(HandlerError::Permanent(reason))) => Fate::DeadLetter { attempts, reason },
-            Ok(Err(HandlerError::Transient(e))) => self.retry_or_give_up(attempts, format!("{e:#}")),
+            Ok(Err(HandlerError::Transient(e))) => {
+                self.retry_or_give_up(attempts, format!("{e:#}"))
+            }
             Err(panic) => {
                 let what = panic
                     .downcast_ref::<&str>()
@@ -662,21 +785,36 @@ impl Consumer {
         if (attempts as usize) <= self.broker.cfg.retry_delays.len() {
             Fate::Retry { attempts, error }
         } else {
-            Fate::DeadLetter { attempts, reason: format!("failed after {attempts} attempts: {error}") }
+            Fate::DeadLetter {
+                attempts,
+                reason: format!("failed after {attempts} attempts: {error}"),
+            }
         }
     }
 }
 
 /// Re-publishes a dead-lettered message body to `queue` as a fresh first attempt.
-pub async fn replay_to_queue(broker: &Broker, queue: &str, body: &[u8], props: &BasicProperties) -> Result<(), PublishError> {
+pub async fn replay_to_queue(
+    broker: &Broker,
+    queue: &str,
+    body: &[u8],
+    props: &BasicProperties,
+) -> Result<(), PublishError> {
     let mut headers = props.headers().clone().unwrap_or_default();
     let kept: FieldTable = headers
         .inner()
         .iter()
-        .filter(|(k, _)| !k.as_str().starts_with("x-shop-") && k.as_str() != "x-death" && !k.as_str().starts_with("x-first-death") && !k.as_str().starts_with("x-last-death"))
+        .filter(|(k, _)| {
+            !k.as_str().starts_with("x-shop-")
+                && k.as_str() != "x-death"
+                && !k.as_str().starts_with("x-first-death")
+                && !k.as_str().starts_with("x-last-death")
+        })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect::<std::collections::BTreeMap<_, _>>()
         .into();
     headers = kept;
-    broker.publish_to_queue(queue, body, props.clone().with_headers(headers)).await
+    broker
+        .publish_to_queue(queue, body, props.clone().with_headers(headers))
+        .await
 }

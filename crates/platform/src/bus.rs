@@ -28,7 +28,10 @@ pub trait Publisher: Send + Sync + 'static {
     async fn publish_batch(&self, events: &[Envelope]) -> Vec<Result<(), PublishError>>;
 
     async fn publish(&self, event: &Envelope) -> Result<(), PublishError> {
-        self.publish_batch(std::slice::from_ref(event)).await.pop().unwrap_or(Err(PublishError::Unavailable))
+        self.publish_batch(std::slice::from_ref(event))
+            .await
+            .pop()
+            .unwrap_or(Err(PublishError::Unavailable))
     }
 }
 

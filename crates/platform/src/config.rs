@@ -19,11 +19,21 @@ pub enum QueueType {
 #[derive(Args, Clone, Debug)]
 pub struct Config {
     /// RabbitMQ URL.
-    #[arg(long, env = "SHOP_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", global = true)]
+    #[arg(
+        long,
+        env = "SHOP_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        global = true
+    )]
     pub amqp_url: String,
 
     /// Redis URL for sessions and rate limits (keep it on a `noeviction` server).
-    #[arg(long, env = "SHOP_REDIS_URL", default_value = "redis://127.0.0.1:6379", global = true)]
+    #[arg(
+        long,
+        env = "SHOP_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        global = true
+    )]
     pub redis_url: String,
 
     /// Redis URL for the product cache (may be an `allkeys-lru` server); defaults to SHOP_REDIS_URL.
@@ -31,7 +41,12 @@ pub struct Config {
     pub cache_redis_url: Option<String>,
 
     /// PostgreSQL URL; the database is created if missing, each service keeps its own schema.
-    #[arg(long, env = "SHOP_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/shop", global = true)]
+    #[arg(
+        long,
+        env = "SHOP_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/shop",
+        global = true
+    )]
     pub database_url: String,
 
     /// Prefix of every exchange, queue and Redis key (lets several shops or test runs share servers).
@@ -49,23 +64,48 @@ pub struct Config {
     #[arg(long, env = "SHOP_USERS_PORT", default_value_t = 8081, global = true)]
     pub users_port: u16,
     /// Port of the products service.
-    #[arg(long, env = "SHOP_PRODUCTS_PORT", default_value_t = 8082, global = true)]
+    #[arg(
+        long,
+        env = "SHOP_PRODUCTS_PORT",
+        default_value_t = 8082,
+        global = true
+    )]
     pub products_port: u16,
     /// Port of the inventory service.
-    #[arg(long, env = "SHOP_INVENTORY_PORT", default_value_t = 8083, global = true)]
+    #[arg(
+        long,
+        env = "SHOP_INVENTORY_PORT",
+        default_value_t = 8083,
+        global = true
+    )]
     pub inventory_port: u16,
     /// Port of the orders service.
     #[arg(long, env = "SHOP_ORDERS_PORT", default_value_t = 8084, global = true)]
     pub orders_port: u16,
     /// Port of the payments service.
-    #[arg(long, env = "SHOP_PAYMENTS_PORT", default_value_t = 8085, global = true)]
+    #[arg(
+        long,
+        env = "SHOP_PAYMENTS_PORT",
+        default_value_t = 8085,
+        global = true
+    )]
     pub payments_port: u16,
     /// Port of the notifications service.
-    #[arg(long, env = "SHOP_NOTIFICATIONS_PORT", default_value_t = 8086, global = true)]
+    #[arg(
+        long,
+        env = "SHOP_NOTIFICATIONS_PORT",
+        default_value_t = 8086,
+        global = true
+    )]
     pub notifications_port: u16,
 
     /// Host the gateway uses to reach the services.
-    #[arg(long, env = "SHOP_SERVICES_HOST", default_value = "127.0.0.1", global = true)]
+    #[arg(
+        long,
+        env = "SHOP_SERVICES_HOST",
+        default_value = "127.0.0.1",
+        global = true
+    )]
     pub services_host: String,
 
     /// Messages a consumer may hold unacknowledged (and process concurrently).
@@ -74,12 +114,23 @@ pub struct Config {
 
     /// Time-to-live of a message in a service queue, in milliseconds; an expired message is
     /// dead-lettered, never dropped.
-    #[arg(long, env = "SHOP_MESSAGE_TTL_MS", default_value_t = 60_000, global = true)]
+    #[arg(
+        long,
+        env = "SHOP_MESSAGE_TTL_MS",
+        default_value_t = 60_000,
+        global = true
+    )]
     pub message_ttl_ms: u32,
 
     /// Delays between attempts of a transiently failing handler, in milliseconds; after the
     /// last one the message is dead-lettered with its last error.
-    #[arg(long, env = "SHOP_RETRY_DELAYS_MS", default_value = "1000,5000,30000", value_delimiter = ',', global = true)]
+    #[arg(
+        long,
+        env = "SHOP_RETRY_DELAYS_MS",
+        default_value = "1000,5000,30000",
+        value_delimiter = ',',
+        global = true
+    )]
     pub retry_delays_ms: Vec<u32>,
 
     /// Queue type of service queues.
@@ -95,19 +146,39 @@ pub struct Config {
     pub outbox_batch: i64,
 
     /// How long published outbox rows and processed inbox ids are kept, in hours.
-    #[arg(long, env = "SHOP_RETENTION_HOURS", default_value_t = 168, global = true)]
+    #[arg(
+        long,
+        env = "SHOP_RETENTION_HOURS",
+        default_value_t = 168,
+        global = true
+    )]
     pub retention_hours: u32,
 
     /// Seconds a graceful stop may take before the process exits anyway.
-    #[arg(long, env = "SHOP_SHUTDOWN_TIMEOUT_SECS", default_value_t = 15, global = true)]
+    #[arg(
+        long,
+        env = "SHOP_SHUTDOWN_TIMEOUT_SECS",
+        default_value_t = 15,
+        global = true
+    )]
     pub shutdown_timeout_secs: u64,
 
     /// Seconds an HTTP request may take before it is answered 503.
-    #[arg(long, env = "SHOP_HTTP_TIMEOUT_SECS", default_value_t = 10, global = true)]
+    #[arg(
+        long,
+        env = "SHOP_HTTP_TIMEOUT_SECS",
+        default_value_t = 10,
+        global = true
+    )]
     pub http_timeout_secs: u64,
 
     /// Sliding lifetime of a login session, in seconds.
-    #[arg(long, env = "SHOP_SESSION_TTL_SECS", default_value_t = 86_400, global = true)]
+    #[arg(
+        long,
+        env = "SHOP_SESSION_TTL_SECS",
+        default_value_t = 86_400,
+        global = true
+    )]
     pub session_ttl_secs: u64,
 
     /// Lifetime of a cached product, in seconds (a random jitter of up to 10% is added).
@@ -115,23 +186,48 @@ pub struct Config {
     pub cache_ttl_secs: u64,
 
     /// Deadline of each waiting saga state, in milliseconds; when it passes the saga compensates.
-    #[arg(long, env = "SHOP_SAGA_DEADLINE_MS", default_value_t = 30_000, global = true)]
+    #[arg(
+        long,
+        env = "SHOP_SAGA_DEADLINE_MS",
+        default_value_t = 30_000,
+        global = true
+    )]
     pub saga_deadline_ms: u64,
 
     /// Share of payments the simulated provider declines at random (0.0 to 1.0), for load tests.
-    #[arg(long, env = "SHOP_PAYMENT_FAILURE_RATE", default_value_t = 0.0, global = true)]
+    #[arg(
+        long,
+        env = "SHOP_PAYMENT_FAILURE_RATE",
+        default_value_t = 0.0,
+        global = true
+    )]
     pub payment_failure_rate: f64,
 
     /// Latency of the simulated payment provider, in milliseconds.
-    #[arg(long, env = "SHOP_PAYMENT_LATENCY_MS", default_value_t = 0, global = true)]
+    #[arg(
+        long,
+        env = "SHOP_PAYMENT_LATENCY_MS",
+        default_value_t = 0,
+        global = true
+    )]
     pub payment_latency_ms: u64,
 
     /// Requests per minute allowed to one user or IP at the gateway.
-    #[arg(long, env = "SHOP_RATE_LIMIT_PER_MIN", default_value_t = 6000, global = true)]
+    #[arg(
+        long,
+        env = "SHOP_RATE_LIMIT_PER_MIN",
+        default_value_t = 6000,
+        global = true
+    )]
     pub rate_limit_per_min: u32,
 
     /// Login attempts per minute allowed to one IP.
-    #[arg(long, env = "SHOP_LOGIN_RATE_LIMIT_PER_MIN", default_value_t = 30, global = true)]
+    #[arg(
+        long,
+        env = "SHOP_LOGIN_RATE_LIMIT_PER_MIN",
+        default_value_t = 30,
+        global = true
+    )]
     pub login_rate_limit_per_min: u32,
 
     /// E-mail of the administrator created or updated at start-up (none if unset).
@@ -139,7 +235,12 @@ pub struct Config {
     pub admin_email: Option<String>,
 
     /// Password of that administrator.
-    #[arg(long, env = "SHOP_ADMIN_PASSWORD", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "SHOP_ADMIN_PASSWORD",
+        global = true,
+        hide_env_values = true
+    )]
     pub admin_password: Option<String>,
 
     /// Log format: `text` or `json`.
@@ -150,9 +251,11 @@ pub struct Config {
 impl Config {
     /// The configuration with every default, as if no flag or variable were set.
     pub fn defaults() -> Self {
-        use clap::{FromArgMatches, Command};
+        use clap::{Command, FromArgMatches};
         let cmd = Config::augment_args(Command::new("shop").no_binary_name(true));
-        let m = cmd.try_get_matches_from(Vec::<String>::new()).expect("defaults parse");
+        let m = cmd
+            .try_get_matches_from(Vec::<String>::new())
+            .expect("defaults parse");
         Config::from_arg_matches(&m).expect("defaults parse")
     }
 
@@ -161,7 +264,10 @@ impl Config {
     }
 
     pub fn retry_delays(&self) -> Vec<Duration> {
-        self.retry_delays_ms.iter().map(|ms| Duration::from_millis(u64::from(*ms))).collect()
+        self.retry_delays_ms
+            .iter()
+            .map(|ms| Duration::from_millis(u64::from(*ms)))
+            .collect()
     }
 
     pub fn saga_deadline(&self) -> Duration {
@@ -227,7 +333,13 @@ mod tests {
 
     #[test]
     fn redaction_hides_passwords() {
-        assert_eq!(redact_url("amqp://guest:secret@host:5672/%2f"), "amqp://guest:***@host:5672/%2f");
-        assert_eq!(redact_url("postgres://postgres@h/db"), "postgres://postgres@h/db");
+        assert_eq!(
+            redact_url("amqp://guest:secret@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("postgres://postgres@h/db"),
+            "postgres://postgres@h/db"
+        );
     }
 }

@@ -21,20 +21,29 @@ fn options(url: &str) -> anyhow::Result<PgConnectOptions> {
 pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
     let opts = options(url)?;
     let name = opts.get_database().unwrap_or("postgres").to_string();
-    let mut admin = tokio::time::timeout(Duration::from_secs(10), PgConnection::connect_with(&opts.clone().database("postgres")))
-        .await
-        .map_err(|_| anyhow::anyhow!("timed out"))
-        .and_then(|r| r.map_err(anyhow::Error::from))
-        .with_context(|| format!("cannot connect to PostgreSQL at {}", redact_url(url)))?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(&name)
-        .fetch_one(&mut admin)
-        .await?;
+    let mut admin = tokio::time::timeout(
+        Duration::from_secs(10),
+        PgConnection::connect_with(&opts.clone().database("postgres")),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("timed out"))
+    .and_then(|r| r.map_err(anyhow::Error::from))
+    .with_context(|| format!("cannot connect to PostgreSQL at {}", redact_url(url)))?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await?;
     if !exists {
-        let r = admin.execute(format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\"")).as_str()).await;
+        let r = admin
+            .execute(format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\"")).as_str())
+            .await;
         if let Err(e) = r {
             // Another program created it at the same moment.
-            let raced = e.as_database_error().and_then(|d| d.code()).is_some_and(|c| c == "42P04" || c == "23505");
+            let raced = e
+                .as_database_error()
+                .and_then(|d| d.code())
+                .is_some_and(|c| c == "42P04" || c == "23505");
             if !raced {
                 return Err(e).with_context(|| format!("creating database {name}"));
             }
@@ -48,7 +57,15 @@ pub async fn drop_database(url: &str) -> anyhow::Result<()> {
     let opts = options(url)?;
     let name = opts.get_database().unwrap_or("postgres").to_string();
     let mut admin = PgConnection::connect_with(&opts.database("postgres")).await?;
-    admin.execute(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", name.replace('"', "\"\"")).as_str()).await?;
+    admin
+        .execute(
+            format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                name.replace('"', "\"\"")
+            )
+            .as_str(),
+        )
+        .await?;
     Ok(())
 }
 
@@ -64,14 +81,19 @@ pub async fn connect(url: &str, schema: &str, max_connections: u32) -> anyhow::R
         .connect_with(opts)
         .await
         .with_context(|| format!("cannot connect to PostgreSQL at {}", redact_url(url)))?;
-    create_platform_tables(&pool, schema).await.with_context(|| format!("creating platform tables in schema {schema}"))?;
+    create_platform_tables(&pool, schema)
+        .await
+        .with_context(|| format!("creating platform tables in schema {schema}"))?;
     Ok(pool)
 }
 
 async fn create_platform_tables(pool: &PgPool, schema: &str) -> anyhow::Result<()> {
     let mut tx = pool.begin().await?;
     // Programs starting together must not race on CREATE ... IF NOT EXISTS.
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('shop-platform-' || $1))").bind(schema).execute(&mut *tx).await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('shop-platform-' || $1))")
+        .bind(schema)
+        .execute(&mut *tx)
+        .await?;
     let ddl = format!(
         r#"
         CREATE SCHEMA IF NOT EXISTS {schema};

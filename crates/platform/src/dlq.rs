@@ -13,7 +13,9 @@ use lapin::{
 use serde::Serialize;
 
 use crate::{
-    amqp::{Broker, H_ATTEMPTS, H_DEAD_AT, H_QUEUE, H_REASON, header_int, header_str, replay_to_queue},
+    amqp::{
+        Broker, H_ATTEMPTS, H_DEAD_AT, H_QUEUE, H_REASON, header_int, header_str, replay_to_queue,
+    },
     topology,
 };
 
@@ -33,9 +35,13 @@ pub struct DeadLetter {
 
 fn x_death(props: &BasicProperties) -> Option<(String, Option<DateTime<Utc>>, Option<String>)> {
     let headers = props.headers().as_ref()?;
-    let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else { return None };
+    let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else {
+        return None;
+    };
     // The last entry is the first death.
-    let AMQPValue::FieldTable(first) = deaths.as_slice().last()? else { return None };
+    let AMQPValue::FieldTable(first) = deaths.as_slice().last()? else {
+        return None;
+    };
     let get = |k: &str| first.inner().get(k).cloned();
     let reason = match get("reason") {
         Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
@@ -55,7 +61,11 @@ fn x_death(props: &BasicProperties) -> Option<(String, Option<DateTime<Utc>>, Op
 fn describe(service: &str, broker: &Broker, props: &BasicProperties, body: &[u8]) -> DeadLetter {
     let death = x_death(props);
     let reason = header_str(props, H_REASON)
-        .or_else(|| death.as_ref().map(|(r, _, _)| format!("{r} (by the broker: the message outlived its queue TTL or was rejected)")))
+        .or_else(|| {
+            death.as_ref().map(|(r, _, _)| {
+                format!("{r} (by the broker: the message outlived its queue TTL or was rejected)")
+            })
+        })
         .unwrap_or_else(|| "unknown".into());
     let first_death_at = header_int(props, H_DEAD_AT)
         .and_then(DateTime::from_timestamp_millis)
@@ -65,8 +75,16 @@ fn describe(service: &str, broker: &Broker, props: &BasicProperties, body: &[u8]
         .unwrap_or_else(|| broker.names().queue(service));
     DeadLetter {
         service: service.to_string(),
-        message_id: props.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default(),
-        event_type: props.kind().as_ref().map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
+        message_id: props
+            .message_id()
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
+        event_type: props
+            .kind()
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "?".into()),
         reason,
         attempts: header_int(props, H_ATTEMPTS).unwrap_or(1),
         first_death_at,
@@ -83,16 +101,34 @@ pub fn services() -> Vec<&'static str> {
 /// Every dead letter of `service` (or of every service), left in place.
 pub async fn list(broker: &Broker, service: Option<&str>) -> anyhow::Result<Vec<DeadLetter>> {
     let mut out = Vec::new();
-    for svc in services().into_iter().filter(|s| service.is_none_or(|x| x == *s)) {
+    for svc in services()
+        .into_iter()
+        .filter(|s| service.is_none_or(|x| x == *s))
+    {
         let ch = broker.channel().await?;
         let dlq = broker.names().dead_letter_queue(svc);
         let count = ch
-            .queue_declare(dlq.as_str().into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+            .queue_declare(
+                dlq.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
             .await?
             .message_count();
         for _ in 0..count {
-            match ch.basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false }).await? {
-                Some(m) => out.push(describe(svc, broker, &m.delivery.properties, &m.delivery.data)),
+            match ch
+                .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false })
+                .await?
+            {
+                Some(m) => out.push(describe(
+                    svc,
+                    broker,
+                    &m.delivery.properties,
+                    &m.delivery.data,
+                )),
                 None => break,
             }
         }
@@ -104,21 +140,43 @@ pub async fn list(broker: &Broker, service: Option<&str>) -> anyhow::Result<Vec<
 
 /// Re-drives dead letters of `service` to their queue: the one with `message_id`, or all.
 /// Returns how many were replayed.
-pub async fn replay(broker: &Broker, service: &str, message_id: Option<&str>) -> anyhow::Result<usize> {
+pub async fn replay(
+    broker: &Broker,
+    service: &str,
+    message_id: Option<&str>,
+) -> anyhow::Result<usize> {
     let ch = broker.channel().await?;
     let dlq = broker.names().dead_letter_queue(service);
     let count = ch
-        .queue_declare(dlq.as_str().into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+        .queue_declare(
+            dlq.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await?
         .message_count();
     let mut replayed = 0;
     for _ in 0..count {
-        let Some(m) = ch.basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false }).await? else { break };
+        let Some(m) = ch
+            .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false })
+            .await?
+        else {
+            break;
+        };
         let d = describe(service, broker, &m.delivery.properties, &m.delivery.data);
         if message_id.is_some_and(|id| id != d.message_id) {
             continue; // stays unacked; returned to the queue when the channel closes
         }
-        replay_to_queue(broker, &d.source_queue, &m.delivery.data, &m.delivery.properties).await?;
+        replay_to_queue(
+            broker,
+            &d.source_queue,
+            &m.delivery.data,
+            &m.delivery.properties,
+        )
+        .await?;
         m.delivery.acker.ack(BasicAckOptions::default()).await?;
         replayed += 1;
         if message_id.is_some() {

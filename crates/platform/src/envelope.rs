@@ -37,7 +37,9 @@ pub struct Envelope {
 pub enum EnvelopeError {
     #[error("malformed envelope: {0}")]
     Malformed(String),
-    #[error("unsupported envelope version {found} (this build understands up to {CURRENT_VERSION})")]
+    #[error(
+        "unsupported envelope version {found} (this build understands up to {CURRENT_VERSION})"
+    )]
     UnsupportedVersion { found: u32 },
     #[error("unknown event type {0:?}")]
     UnknownType(String),
@@ -47,7 +49,12 @@ pub enum EnvelopeError {
 
 impl Envelope {
     /// A new event starting a chain: its correlation and causation ids are `cause`.
-    pub fn new<E: Event>(aggregate_id: Uuid, payload: &E, correlation_id: Uuid, causation_id: Uuid) -> Self {
+    pub fn new<E: Event>(
+        aggregate_id: Uuid,
+        payload: &E,
+        correlation_id: Uuid,
+        causation_id: Uuid,
+    ) -> Self {
         Envelope {
             id: Uuid::now_v7(),
             event_type: E::TYPE.to_string(),
@@ -68,7 +75,8 @@ impl Envelope {
     /// Parses and validates a message body: well-formed, a version this build understands,
     /// a type of the catalogue and a payload that matches that type's schema.
     pub fn parse(body: &[u8]) -> Result<Envelope, EnvelopeError> {
-        let env: Envelope = serde_json::from_slice(body).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        let env: Envelope =
+            serde_json::from_slice(body).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
         if env.version > CURRENT_VERSION || env.version == 0 {
             return Err(EnvelopeError::UnsupportedVersion { found: env.version });
         }
@@ -110,7 +118,10 @@ mod tests {
         let env = sample();
         let back = Envelope::parse(&env.to_bytes()).unwrap();
         assert_eq!(back, env);
-        assert_eq!(back.decode::<StockReserved>().unwrap().order_id, env.aggregate_id);
+        assert_eq!(
+            back.decode::<StockReserved>().unwrap().order_id,
+            env.aggregate_id
+        );
     }
 
     #[test]
@@ -120,7 +131,16 @@ mod tests {
         keys.sort();
         assert_eq!(
             keys,
-            ["aggregate_id", "causation_id", "correlation_id", "id", "occurred_at", "payload", "type", "version"]
+            [
+                "aggregate_id",
+                "causation_id",
+                "correlation_id",
+                "id",
+                "occurred_at",
+                "payload",
+                "type",
+                "version"
+            ]
         );
         assert_eq!(v["type"], "stock.reserved");
         assert_eq!(v["version"], 1);
@@ -133,7 +153,10 @@ mod tests {
         let mut env = sample();
         env.version = 2;
         let err = Envelope::parse(&env.to_bytes()).unwrap_err();
-        assert!(matches!(err, EnvelopeError::UnsupportedVersion { found: 2 }), "{err}");
+        assert!(
+            matches!(err, EnvelopeError::UnsupportedVersion { found: 2 }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -148,13 +171,21 @@ mod tests {
     fn payload_must_match_its_type() {
         let mut env = sample();
         env.payload = serde_json::json!({"nope": 1});
-        assert!(matches!(Envelope::parse(&env.to_bytes()), Err(EnvelopeError::BadPayload { .. })));
+        assert!(matches!(
+            Envelope::parse(&env.to_bytes()),
+            Err(EnvelopeError::BadPayload { .. })
+        ));
     }
 
     #[test]
     fn caused_event_keeps_correlation() {
         let first = sample();
-        let next = first.caused(first.aggregate_id, &StockReleased { order_id: first.aggregate_id });
+        let next = first.caused(
+            first.aggregate_id,
+            &StockReleased {
+                order_id: first.aggregate_id,
+            },
+        );
         assert_eq!(next.correlation_id, first.correlation_id);
         assert_eq!(next.causation_id, first.id);
         assert_ne!(next.id, first.id);

@@ -68,7 +68,16 @@ mod tests {
     fn every_type_round_trips() {
         let id = Uuid::now_v7();
         let samples = vec![
-            Envelope::new(id, &UserRegistered { user_id: id, email: "a@b.c".into(), name: "A".into() }, id, id),
+            Envelope::new(
+                id,
+                &UserRegistered {
+                    user_id: id,
+                    email: "a@b.c".into(),
+                    name: "A".into(),
+                },
+                id,
+                id,
+            ),
             Envelope::new(
                 id,
                 &ProductCreated {
@@ -84,7 +93,12 @@ mod tests {
             ),
             Envelope::new(
                 id,
-                &ProductUpdated { product_id: id, name: "N".into(), description: "D".into(), price_cents: 1 },
+                &ProductUpdated {
+                    product_id: id,
+                    name: "N".into(),
+                    description: "D".into(),
+                    price_cents: 1,
+                },
                 id,
                 id,
             ),
@@ -93,7 +107,11 @@ mod tests {
                 &OrderCreated {
                     order_id: id,
                     user_id: id,
-                    items: vec![OrderLine { product_id: id, quantity: 2, unit_price_cents: 100 }],
+                    items: vec![OrderLine {
+                        product_id: id,
+                        quantity: 2,
+                        unit_price_cents: 100,
+                    }],
                     total_cents: 200,
                     currency: "EUR".into(),
                 },
@@ -101,7 +119,15 @@ mod tests {
                 id,
             ),
             Envelope::new(id, &StockReserved { order_id: id }, id, id),
-            Envelope::new(id, &StockRejected { order_id: id, reason: "x".into() }, id, id),
+            Envelope::new(
+                id,
+                &StockRejected {
+                    order_id: id,
+                    reason: "x".into(),
+                },
+                id,
+                id,
+            ),
             Envelope::new(id, &StockReleaseRequested { order_id: id }, id, id),
             Envelope::new(id, &StockReleased { order_id: id }, id, id),
             Envelope::new(
@@ -116,13 +142,74 @@ mod tests {
                 id,
                 id,
             ),
-            Envelope::new(id, &PaymentSucceeded { order_id: id, payment_id: id, amount_cents: 1 }, id, id),
-            Envelope::new(id, &PaymentFailed { order_id: id, reason: "card_declined".into() }, id, id),
-            Envelope::new(id, &PaymentRefundRequested { order_id: id, payment_id: id }, id, id),
-            Envelope::new(id, &PaymentRefunded { order_id: id, payment_id: id, amount_cents: 1 }, id, id),
-            Envelope::new(id, &OrderConfirmed { order_id: id, user_id: id, total_cents: 1 }, id, id),
-            Envelope::new(id, &OrderCancelled { order_id: id, user_id: id, reason: "timeout".into() }, id, id),
-            Envelope::new(id, &NotificationSent { notification_id: id, user_id: id, kind: "k".into() }, id, id),
+            Envelope::new(
+                id,
+                &PaymentSucceeded {
+                    order_id: id,
+                    payment_id: id,
+                    amount_cents: 1,
+                },
+                id,
+                id,
+            ),
+            Envelope::new(
+                id,
+                &PaymentFailed {
+                    order_id: id,
+                    reason: "card_declined".into(),
+                },
+                id,
+                id,
+            ),
+            Envelope::new(
+                id,
+                &PaymentRefundRequested {
+                    order_id: id,
+                    payment_id: id,
+                },
+                id,
+                id,
+            ),
+            Envelope::new(
+                id,
+                &PaymentRefunded {
+                    order_id: id,
+                    payment_id: id,
+                    amount_cents: 1,
+                },
+                id,
+                id,
+            ),
+            Envelope::new(
+                id,
+                &OrderConfirmed {
+                    order_id: id,
+                    user_id: id,
+                    total_cents: 1,
+                },
+                id,
+                id,
+            ),
+            Envelope::new(
+                id,
+                &OrderCancelled {
+                    order_id: id,
+                    user_id: id,
+                    reason: "timeout".into(),
+                },
+                id,
+                id,
+            ),
+            Envelope::new(
+                id,
+                &NotificationSent {
+                    notification_id: id,
+                    user_id: id,
+                    kind: "k".into(),
+                },
+                id,
+                id,
+            ),
         ];
         let mut seen: Vec<_> = samples.iter().map(|e| e.event_type.clone()).collect();
         seen.sort();

@@ -49,7 +49,12 @@ impl Check for RedisCheck {
     }
     async fn check(&self) -> Result<Map<String, Value>, String> {
         let mut conn = self.conn.clone();
-        match tokio::time::timeout(Duration::from_secs(2), redis_util::memory_settings(&mut conn)).await {
+        match tokio::time::timeout(
+            Duration::from_secs(2),
+            redis_util::memory_settings(&mut conn),
+        )
+        .await
+        {
             Ok(Ok((max, policy))) => {
                 let mut m = Map::new();
                 m.insert("maxmemory".into(), json!(max));
@@ -75,13 +80,22 @@ impl Check for RabbitCheck {
         "rabbitmq".into()
     }
     async fn check(&self) -> Result<Map<String, Value>, String> {
-        if self.0.is_connected() { Ok(Map::new()) } else { Err("not connected (reconnecting)".into()) }
+        if self.0.is_connected() {
+            Ok(Map::new())
+        } else {
+            Err("not connected (reconnecting)".into())
+        }
     }
 }
 
 /// Runs every check concurrently; returns (all up, body).
 pub async fn readiness(checks: &[Arc<dyn Check>]) -> (bool, Value) {
-    let results = join_all(checks.iter().map(|c| async move { (c.name(), c.check().await) })).await;
+    let results = join_all(
+        checks
+            .iter()
+            .map(|c| async move { (c.name(), c.check().await) }),
+    )
+    .await;
     let (mut info, mut error, mut details) = (Map::new(), Map::new(), Map::new());
     for (name, r) in results {
         let entry = match r {
@@ -99,5 +113,8 @@ pub async fn readiness(checks: &[Arc<dyn Check>]) -> (bool, Value) {
         details.insert(name, entry);
     }
     let ok = error.is_empty();
-    (ok, json!({"status": if ok { "ok" } else { "error" }, "info": info, "error": error, "details": details}))
+    (
+        ok,
+        json!({"status": if ok { "ok" } else { "error" }, "info": info, "error": error, "details": details}),
+    )
 }

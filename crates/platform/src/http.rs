@@ -48,6 +48,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("this method is not allowed on this route")]
+    MethodNotAllowed,
     #[error("request body too large")]
     PayloadTooLarge,
     #[error("{0}")]
@@ -64,7 +66,10 @@ pub enum ApiError {
 
 impl ApiError {
     pub fn validation(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ApiError::Validation { field: field.into(), message: message.into() }
+        ApiError::Validation {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 
     pub fn not_found(what: &str) -> Self {
@@ -78,14 +83,41 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
-            ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large"),
-            ApiError::UnsupportedMediaType(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type")
-            }
-            ApiError::Validation { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation", "Validation failed"),
-            ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests"),
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
+            ApiError::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Payload too large",
+            ),
+            ApiError::UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            ),
+            ApiError::Validation { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation",
+                "Validation failed",
+            ),
+            ApiError::TooManyRequests { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+            ),
+            ApiError::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+            ),
+            ApiError::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+            ),
         }
     }
 }
@@ -111,7 +143,8 @@ pub fn problem(status: StatusCode, slug: &str, title: &str, detail: &str) -> Res
         "detail": detail,
     });
     let mut resp = (status, Json(body)).into_response();
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     resp
 }
 
@@ -132,10 +165,18 @@ impl IntoResponse for ApiError {
                 "type": format!("urn:shop:problem:{slug}"), "title": title, "status": status.as_u16(),
                 "detail": detail, "field": field,
             });
-            resp = (status, [(header::CONTENT_TYPE, PROBLEM_JSON)], body.to_string()).into_response();
+            resp = (
+                status,
+                [(header::CONTENT_TYPE, PROBLEM_JSON)],
+                body.to_string(),
+            )
+                .into_response();
         }
         if let ApiError::TooManyRequests { retry_after_secs } = self {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1)));
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs.max(1)),
+            );
         }
         resp
     }
@@ -166,11 +207,14 @@ fn json_rejection(r: JsonRejection) -> ApiError {
         JsonRejection::MissingJsonContentType(_) => {
             ApiError::UnsupportedMediaType("expected Content-Type: application/json".into())
         }
-        JsonRejection::JsonSyntaxError(e) => ApiError::BadRequest(format!("malformed JSON: {}", e.body_text())),
+        JsonRejection::JsonSyntaxError(e) => {
+            ApiError::BadRequest(format!("malformed JSON: {}", e.body_text()))
+        }
         JsonRejection::JsonDataError(e) => {
             let text = e.body_text();
             // serde_path_to_error puts the path before ": "
-            let detail = text.trim_start_matches("Failed to deserialize the JSON body into the target type: ");
+            let detail = text
+                .trim_start_matches("Failed to deserialize the JSON body into the target type: ");
             let (field, message) = match detail.split_once(": ") {
                 Some((path, msg)) if !path.contains(' ') => (path.to_string(), msg.to_string()),
                 _ => (field_from_message(detail), detail.to_string()),
@@ -194,13 +238,17 @@ pub struct Ops {
     pub checks: Arc<Vec<Arc<dyn Check>>>,
     pub metrics: Arc<Metrics>,
     /// Refreshes gauges (e.g. outbox depth) before a scrape.
-    pub before_scrape: Option<Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>>,
+    pub before_scrape:
+        Option<Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>>,
 }
 
 /// `/health/live`, `/health/ready` and `/metrics`.
 pub fn ops_router(ops: Ops) -> Router {
     Router::new()
-        .route("/health/live", get(|| async { Json(json!({"status": "ok"})) }))
+        .route(
+            "/health/live",
+            get(|| async { Json(json!({"status": "ok"})) }),
+        )
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
         .with_state(ops)
@@ -208,7 +256,11 @@ pub fn ops_router(ops: Ops) -> Router {
 
 async fn ready(State(ops): State<Ops>) -> Response {
     let (ok, body) = readiness(&ops.checks).await;
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body)).into_response()
 }
 
@@ -216,7 +268,14 @@ async fn metrics(State(ops): State<Ops>) -> Response {
     if let Some(refresh) = &ops.before_scrape {
         refresh().await;
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], ops.metrics.render()).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        ops.metrics.render(),
+    )
+        .into_response()
 }
 
 /// Wraps a router with the layers every program uses: request ids (generated or kept, and
@@ -241,7 +300,13 @@ pub fn with_common_layers(router: Router, metrics: Arc<Metrics>, timeout: Durati
 async fn count_requests(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
     let method = req.method().to_string();
     let resp = next.run(req).await;
-    metrics.http_requests.get_or_create(&HttpLabel { method, status: resp.status().as_u16() }).inc();
+    metrics
+        .http_requests
+        .get_or_create(&HttpLabel {
+            method,
+            status: resp.status().as_u16(),
+        })
+        .inc();
     resp
 }
 
@@ -249,18 +314,28 @@ async fn count_requests(State(metrics): State<Arc<Metrics>>, req: Request, next:
 async fn problem_for_bare_errors(req: Request, next: Next) -> Response {
     let resp = next.run(req).await;
     let status = resp.status();
-    let is_problem = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    let is_problem = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
     if (status.is_client_error() || status.is_server_error()) && !is_problem {
         let (slug, title) = match status {
             StatusCode::METHOD_NOT_ALLOWED => ("method-not-allowed", "Method not allowed"),
             StatusCode::SERVICE_UNAVAILABLE => ("unavailable", "Service unavailable"),
             StatusCode::PAYLOAD_TOO_LARGE => ("payload-too-large", "Payload too large"),
             StatusCode::NOT_FOUND => ("not-found", "Not found"),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported-media-type", "Unsupported media type"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                ("unsupported-media-type", "Unsupported media type")
+            }
             s if s.is_server_error() => ("internal", "Internal error"),
             _ => ("bad-request", "Bad request"),
         };
-        let mut p = problem(status, slug, title, status.canonical_reason().unwrap_or("error"));
+        let mut p = problem(
+            status,
+            slug,
+            title,
+            status.canonical_reason().unwrap_or("error"),
+        );
         if let Some(allow) = resp.headers().get(header::ALLOW) {
             p.headers_mut().insert(header::ALLOW, allow.clone());
         }
@@ -284,7 +359,10 @@ pub struct Caller {
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
         let user_id = parts
             .headers
             .get(X_USER_ID)
@@ -298,7 +376,11 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
 
 impl Caller {
     pub fn require_admin(&self) -> Result<(), ApiError> {
-        if self.is_admin { Ok(()) } else { Err(ApiError::Forbidden("administrators only".into())) }
+        if self.is_admin {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden("administrators only".into()))
+        }
     }
 }
 
@@ -308,8 +390,14 @@ mod tests {
 
     #[test]
     fn field_names_are_extracted() {
-        assert_eq!(field_from_message("unknown field `role`, expected one of `a`"), "role");
-        assert_eq!(field_from_message("missing field `email` at line 1"), "email");
+        assert_eq!(
+            field_from_message("unknown field `role`, expected one of `a`"),
+            "role"
+        );
+        assert_eq!(
+            field_from_message("missing field `email` at line 1"),
+            "email"
+        );
         assert_eq!(field_from_message("nothing here"), "body");
     }
 }

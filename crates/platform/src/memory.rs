@@ -64,8 +64,10 @@ impl MemoryBus {
 #[async_trait]
 impl Publisher for MemoryBus {
     async fn publish_batch(&self, events: &[Envelope]) -> Vec<Result<(), PublishError>> {
-        let failing =
-            self.failures_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+        let failing = self
+            .failures_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
         let mut out = Vec::with_capacity(events.len());
         for e in events {
             if failing {
@@ -94,7 +96,10 @@ mod tests {
         bus.fail_next(1);
         assert!(bus.publish(&e).await.is_err());
         bus.publish(&e).await.unwrap();
-        assert_eq!(bus.of_type::<StockReserved>(), vec![StockReserved { order_id: id }]);
+        assert_eq!(
+            bus.of_type::<StockReserved>(),
+            vec![StockReserved { order_id: id }]
+        );
         assert!(bus.wait_for(1, std::time::Duration::from_millis(10)).await);
     }
 }

@@ -40,8 +40,10 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(program: &str) -> Self {
-        let mut registry =
-            Registry::with_prefix_and_labels("shop", [("program".into(), program.to_string().into())].into_iter());
+        let mut registry = Registry::with_prefix_and_labels(
+            "shop",
+            [("program".into(), program.to_string().into())].into_iter(),
+        );
         let m = Metrics {
             published: Family::default(),
             publish_failures: Counter::default(),
@@ -58,23 +60,67 @@ impl Metrics {
             http_requests: Family::default(),
             registry: Registry::default(),
         };
-        registry.register("messages_published", "Events published with a broker confirm", m.published.clone());
-        registry.register("publish_failures", "Publishes that were not confirmed", m.publish_failures.clone());
-        registry.register("messages_consumed", "Events handled and acked", m.consumed.clone());
-        registry.register("messages_duplicate", "Redeliveries suppressed by the inbox", m.duplicates.clone());
-        registry.register("messages_retried", "Deliveries sent to a retry delay queue", m.retried.clone());
-        registry.register("messages_dead_lettered", "Messages parked in the dead-letter queue", m.dead_lettered.clone());
-        registry.register("outbox_depth", "Outbox rows not yet published", m.outbox_depth.clone());
+        registry.register(
+            "messages_published",
+            "Events published with a broker confirm",
+            m.published.clone(),
+        );
+        registry.register(
+            "publish_failures",
+            "Publishes that were not confirmed",
+            m.publish_failures.clone(),
+        );
+        registry.register(
+            "messages_consumed",
+            "Events handled and acked",
+            m.consumed.clone(),
+        );
+        registry.register(
+            "messages_duplicate",
+            "Redeliveries suppressed by the inbox",
+            m.duplicates.clone(),
+        );
+        registry.register(
+            "messages_retried",
+            "Deliveries sent to a retry delay queue",
+            m.retried.clone(),
+        );
+        registry.register(
+            "messages_dead_lettered",
+            "Messages parked in the dead-letter queue",
+            m.dead_lettered.clone(),
+        );
+        registry.register(
+            "outbox_depth",
+            "Outbox rows not yet published",
+            m.outbox_depth.clone(),
+        );
         registry.register(
             "outbox_oldest_unsent_age_seconds",
             "Age of the oldest unpublished outbox row",
             m.outbox_oldest_age_seconds.clone(),
         );
         registry.register("cache_hits", "Product cache hits", m.cache_hits.clone());
-        registry.register("cache_misses", "Product cache misses", m.cache_misses.clone());
-        registry.register("cache_errors", "Cache operations that failed (Redis away)", m.cache_errors.clone());
-        registry.register("db_loads", "Product loads from PostgreSQL", m.db_loads.clone());
-        registry.register("http_requests", "HTTP requests answered", m.http_requests.clone());
+        registry.register(
+            "cache_misses",
+            "Product cache misses",
+            m.cache_misses.clone(),
+        );
+        registry.register(
+            "cache_errors",
+            "Cache operations that failed (Redis away)",
+            m.cache_errors.clone(),
+        );
+        registry.register(
+            "db_loads",
+            "Product loads from PostgreSQL",
+            m.db_loads.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "HTTP requests answered",
+            m.http_requests.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -86,7 +132,9 @@ impl Metrics {
     }
 
     pub fn label(event_type: &str) -> TypeLabel {
-        TypeLabel { event_type: event_type.to_string() }
+        TypeLabel {
+            event_type: event_type.to_string(),
+        }
     }
 }
 
@@ -97,11 +145,16 @@ mod tests {
     #[test]
     fn renders_prometheus_text() {
         let m = Metrics::new("orders");
-        m.published.get_or_create(&Metrics::label("order.created")).inc();
+        m.published
+            .get_or_create(&Metrics::label("order.created"))
+            .inc();
         m.outbox_depth.set(3);
         let text = m.render();
         assert!(text.contains("shop_messages_published_total{"), "{text}");
         assert!(text.contains("event_type=\"order.created\""));
-        assert!(text.contains("shop_outbox_depth{program=\"orders\"} 3"), "{text}");
+        assert!(
+            text.contains("shop_outbox_depth{program=\"orders\"} 3"),
+            "{text}"
+        );
     }
 }

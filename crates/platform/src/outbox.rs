@@ -73,14 +73,24 @@ impl Relay {
                     ids.push(id);
                     events.push(e);
                 }
-                Err(e) => warn!(id, error = %e, "outbox row is not an envelope; leaving it for an operator"),
+                Err(e) => {
+                    warn!(id, error = %e, "outbox row is not an envelope; leaving it for an operator")
+                }
             }
         }
         let results = self.publisher.publish_batch(&events).await;
         // Stop at the first failure so that events stay in order: the rest go next time.
-        let sent: Vec<i64> = ids.iter().zip(&results).take_while(|(_, r)| r.is_ok()).map(|(id, _)| *id).collect();
+        let sent: Vec<i64> = ids
+            .iter()
+            .zip(&results)
+            .take_while(|(_, r)| r.is_ok())
+            .map(|(id, _)| *id)
+            .collect();
         let failure = results.into_iter().find_map(Result::err);
-        sqlx::query("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)").bind(&sent).execute(&mut *tx).await?;
+        sqlx::query("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)")
+            .bind(&sent)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         match failure {
             Some(e) if sent.is_empty() => Err(e.into()),
@@ -124,14 +134,16 @@ impl Relay {
                     // Sleep until a NOTIFY, or poll every second as a safety net.
                     let wait = async {
                         match listener.as_mut() {
-                            Some(l) => match tokio::time::timeout(Duration::from_secs(1), l.recv()).await {
-                                Ok(Err(e)) => {
-                                    debug!(error = %e, "outbox listener lost; falling back to polling");
-                                    tokio::time::sleep(Duration::from_millis(500)).await;
-                                    true
+                            Some(l) => {
+                                match tokio::time::timeout(Duration::from_secs(1), l.recv()).await {
+                                    Ok(Err(e)) => {
+                                        debug!(error = %e, "outbox listener lost; falling back to polling");
+                                        tokio::time::sleep(Duration::from_millis(500)).await;
+                                        true
+                                    }
+                                    _ => false,
                                 }
-                                _ => false,
-                            },
+                            }
                             None => {
                                 tokio::time::sleep(Duration::from_millis(200)).await;
                                 true
@@ -155,7 +167,9 @@ impl Relay {
         }
         match self.flush().await {
             Ok(n) => info!(schema = %self.schema, published = n, "outbox flushed"),
-            Err(e) => warn!(schema = %self.schema, error = %format!("{e:#}"), "outbox not fully flushed; it will be published at the next start"),
+            Err(e) => {
+                warn!(schema = %self.schema, error = %format!("{e:#}"), "outbox not fully flushed; it will be published at the next start")
+            }
         }
     }
 
@@ -166,10 +180,11 @@ impl Relay {
     }
 
     async fn prune(&self) {
-        let r = sqlx::query("DELETE FROM outbox WHERE sent_at < now() - make_interval(hours => $1)")
-            .bind(self.retention_hours as i32)
-            .execute(&self.pool)
-            .await;
+        let r =
+            sqlx::query("DELETE FROM outbox WHERE sent_at < now() - make_interval(hours => $1)")
+                .bind(self.retention_hours as i32)
+                .execute(&self.pool)
+                .await;
         if let Err(e) = r {
             debug!(error = %e, "outbox prune failed");
         }

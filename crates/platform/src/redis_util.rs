@@ -11,7 +11,8 @@ use crate::config::redact_url;
 
 /// A connection manager that reconnects by itself; fails with the URL if Redis is away now.
 pub async fn connect(url: &str) -> anyhow::Result<ConnectionManager> {
-    let client = redis::Client::open(url).with_context(|| format!("invalid Redis URL {}", redact_url(url)))?;
+    let client = redis::Client::open(url)
+        .with_context(|| format!("invalid Redis URL {}", redact_url(url)))?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(2)))
@@ -41,7 +42,10 @@ pub async fn memory_settings(conn: &mut ConnectionManager) -> redis::RedisResult
 /// Whether a cache on this server could grow until memory runs out or writes fail.
 pub fn cache_risk(maxmemory: u64, policy: &str) -> Option<String> {
     if maxmemory == 0 {
-        Some("the cache Redis has no maxmemory: it can grow until the host runs out of memory".into())
+        Some(
+            "the cache Redis has no maxmemory: it can grow until the host runs out of memory"
+                .into(),
+        )
     } else if policy == "noeviction" {
         Some("the cache Redis uses maxmemory-policy noeviction: when full, cache writes fail instead of evicting (use allkeys-lru on a cache instance, SHOP_CACHE_REDIS_URL)".into())
     } else {

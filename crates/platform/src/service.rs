@@ -116,7 +116,10 @@ impl Running {
 pub async fn migrate(program: &dyn Program, config: &Config) -> anyhow::Result<()> {
     if program.uses_database() {
         let pool = db::connect(&config.database_url, program.name(), 2).await?;
-        program.migrate(&pool).await.with_context(|| format!("migrating {}", program.name()))?;
+        program
+            .migrate(&pool)
+            .await
+            .with_context(|| format!("migrating {}", program.name()))?;
         pool.close().await;
     }
     Ok(())
@@ -136,7 +139,10 @@ pub async fn start(
 
     let pool = if program.uses_database() {
         let pool = db::connect(&config.database_url, name, config.db_pool_size).await?;
-        program.migrate(&pool).await.with_context(|| format!("migrating {name}"))?;
+        program
+            .migrate(&pool)
+            .await
+            .with_context(|| format!("migrating {name}"))?;
         checks.push(Arc::new(PostgresCheck(pool.clone())));
         Some(pool)
     } else {
@@ -144,12 +150,20 @@ pub async fn start(
     };
 
     let redis = redis_util::connect(&config.redis_url).await?;
-    checks.push(Arc::new(RedisCheck { name: "redis", conn: redis.clone(), is_cache: false }));
+    checks.push(Arc::new(RedisCheck {
+        name: "redis",
+        conn: redis.clone(),
+        is_cache: false,
+    }));
     let cache = if program.uses_cache() {
         if config.cache_redis_url.is_some() {
             let mut cache = redis_util::connect(config.cache_redis_url()).await?;
             redis_util::warn_about_cache(&mut cache).await;
-            checks.push(Arc::new(RedisCheck { name: "redis_cache", conn: cache.clone(), is_cache: true }));
+            checks.push(Arc::new(RedisCheck {
+                name: "redis_cache",
+                conn: cache.clone(),
+                is_cache: true,
+            }));
             Some(cache)
         } else {
             let mut cache = redis.clone();
@@ -161,7 +175,8 @@ pub async fn start(
     };
 
     let broker = if program.uses_broker() {
-        let broker = Broker::connect(BrokerConfig::from_config(&config, name), metrics.clone()).await?;
+        let broker =
+            Broker::connect(BrokerConfig::from_config(&config, name), metrics.clone()).await?;
         checks.push(Arc::new(RabbitCheck(broker.clone())));
         Some(broker)
     } else {
@@ -179,7 +194,10 @@ pub async fn start(
         broker: broker.clone(),
         stop: stop.clone(),
     };
-    let parts = program.build(&ctx).await.with_context(|| format!("starting {name}"))?;
+    let parts = program
+        .build(&ctx)
+        .await
+        .with_context(|| format!("starting {name}"))?;
     checks.extend(parts.checks);
 
     // Consumer and outbox relay.
@@ -201,27 +219,36 @@ pub async fn start(
                 batch: config.outbox_batch,
                 retention_hours: config.retention_hours,
             };
-            Some(tokio::spawn(relay.run(relay_stop.clone()).instrument(info_span!("outbox", program = name))))
+            Some(tokio::spawn(
+                relay
+                    .run(relay_stop.clone())
+                    .instrument(info_span!("outbox", program = name)),
+            ))
         }
         _ => None,
     };
 
-    let before_scrape: Option<Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>> =
-        pool.clone().map(|pool| {
+    let before_scrape: Option<
+        Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>,
+    > = pool.clone().map(|pool| {
+        let metrics = metrics.clone();
+        Arc::new(move || {
+            let pool = pool.clone();
             let metrics = metrics.clone();
-            Arc::new(move || {
-                let pool = pool.clone();
-                let metrics = metrics.clone();
-                async move {
-                    if let Ok((depth, age)) = outbox::stats(&pool).await {
-                        metrics.outbox_depth.set(depth);
-                        metrics.outbox_oldest_age_seconds.set(age);
-                    }
+            async move {
+                if let Ok((depth, age)) = outbox::stats(&pool).await {
+                    metrics.outbox_depth.set(depth);
+                    metrics.outbox_oldest_age_seconds.set(age);
                 }
-                .boxed()
-            }) as Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>
-        });
-    let ops = Ops { checks: Arc::new(checks), metrics: metrics.clone(), before_scrape };
+            }
+            .boxed()
+        }) as Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>
+    });
+    let ops = Ops {
+        checks: Arc::new(checks),
+        metrics: metrics.clone(),
+        before_scrape,
+    };
     let app = with_common_layers(
         parts.router.merge(ops_router(ops)),
         metrics.clone(),
@@ -234,9 +261,12 @@ pub async fn start(
     let http = {
         let http_stop = http_stop.clone();
         tokio::spawn(async move {
-            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(async move { http_stop.cancelled().await })
-                .await
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { http_stop.cancelled().await })
+            .await
         })
     };
 
@@ -268,7 +298,10 @@ pub async fn start(
                     }
                 };
                 if tokio::time::timeout(timeout, graceful).await.is_err() {
-                    warn!(?timeout, "graceful stop timed out; exiting anyway (unacked work is redelivered)");
+                    warn!(
+                        ?timeout,
+                        "graceful stop timed out; exiting anyway (unacked work is redelivered)"
+                    );
                 }
                 if let Some(b) = broker {
                     b.close().await;
@@ -282,10 +315,17 @@ pub async fn start(
             .instrument(info_span!("program", name)),
         )
     };
-    Ok(Running { name, addr, stop: own_stop, task })
+    Ok(Running {
+        name,
+        addr,
+        stop: own_stop,
+        task,
+    })
 }
 
 /// Binds `bind:port` with a clear error.
 pub async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
-    TcpListener::bind((host, port)).await.with_context(|| format!("cannot listen on {host}:{port}"))
+    TcpListener::bind((host, port))
+        .await
+        .with_context(|| format!("cannot listen on {host}:{port}"))
 }

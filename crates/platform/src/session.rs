@@ -43,13 +43,21 @@ pub async fn touch(
     token: &str,
     ttl_secs: u64,
 ) -> redis::RedisResult<Option<Session>> {
-    let value: Option<String> =
-        redis::cmd("GETEX").arg(key(namespace, token)).arg("EX").arg(ttl_secs).query_async(redis).await?;
+    let value: Option<String> = redis::cmd("GETEX")
+        .arg(key(namespace, token))
+        .arg("EX")
+        .arg(ttl_secs)
+        .query_async(redis)
+        .await?;
     Ok(value.and_then(|v| serde_json::from_str(&v).ok()))
 }
 
 /// Deletes the session of `token` (logout): the token stops working at once.
-pub async fn delete(redis: &mut ConnectionManager, namespace: &str, token: &str) -> redis::RedisResult<()> {
+pub async fn delete(
+    redis: &mut ConnectionManager,
+    namespace: &str,
+    token: &str,
+) -> redis::RedisResult<()> {
     redis.del(key(namespace, token)).await
 }
 

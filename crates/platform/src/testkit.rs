@@ -51,29 +51,54 @@ impl TestEnv {
         let ns = format!("t{}_", &id[..12]);
         let mut config = Config::defaults();
         config.namespace = ns.clone();
-        config.database_url = format!("postgres://postgres@127.0.0.1:5432/shop_{}", &ns[..ns.len() - 1]);
+        config.database_url = format!(
+            "postgres://postgres@127.0.0.1:5432/shop_{}",
+            &ns[..ns.len() - 1]
+        );
         config.retry_delays_ms = vec![100, 200];
         let admin_amqp_url = config.amqp_url.clone();
         tweak(&mut config);
-        let pool = db::connect(&config.database_url, schema, 5).await.expect("database");
-        TestEnv { config, admin_amqp_url, pool, metrics: Arc::new(Metrics::new(schema)) }
+        let pool = db::connect(&config.database_url, schema, 5)
+            .await
+            .expect("database");
+        TestEnv {
+            config,
+            admin_amqp_url,
+            pool,
+            metrics: Arc::new(Metrics::new(schema)),
+        }
     }
 
     /// Starts a program in this process on a free port, against the real servers.
-    pub async fn start(&self, program: Arc<dyn crate::service::Program>) -> crate::service::Running {
+    pub async fn start(
+        &self,
+        program: Arc<dyn crate::service::Program>,
+    ) -> crate::service::Running {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        crate::service::start(program, self.config.clone(), listener, tokio_util::sync::CancellationToken::new())
-            .await
-            .expect("program starts")
+        crate::service::start(
+            program,
+            self.config.clone(),
+            listener,
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+        .expect("program starts")
     }
 
     /// A Redis connection (keys must be made with `config.redis_key`, so cleanup finds them).
     pub async fn redis(&self) -> redis::aio::ConnectionManager {
-        crate::redis_util::connect(&self.config.redis_url).await.expect("redis")
+        crate::redis_util::connect(&self.config.redis_url)
+            .await
+            .expect("redis")
     }
 
     pub async fn broker(&self) -> Arc<Broker> {
-        Broker::connect(BrokerConfig::from_config(&self.config, "test"), self.metrics.clone()).await.expect("broker")
+        Broker::connect(
+            BrokerConfig::from_config(&self.config, "test"),
+            self.metrics.clone(),
+        )
+        .await
+        .expect("broker")
     }
 }
 
@@ -84,7 +109,10 @@ impl Drop for TestEnv {
         let pool = self.pool.clone();
         // Clean up on a thread of its own: this runs inside the test's runtime.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("rt");
             rt.block_on(async move {
                 // No pool.close(): tasks of the (blocked) test runtime may hold connections;
                 // dropping the database WITH (FORCE) ends them.
@@ -100,10 +128,18 @@ impl Drop for TestEnv {
 
 /// Deletes every Redis key of a namespace.
 pub async fn delete_redis_keys(config: &Config) {
-    let Ok(client) = redis::Client::open(config.redis_url.as_str()) else { return };
-    let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return };
+    let Ok(client) = redis::Client::open(config.redis_url.as_str()) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
     let pattern = format!("{}*", config.namespace);
-    let keys: Vec<String> = match redis::cmd("KEYS").arg(&pattern).query_async(&mut conn).await {
+    let keys: Vec<String> = match redis::cmd("KEYS")
+        .arg(&pattern)
+        .query_async(&mut conn)
+        .await
+    {
         Ok(k) => k,
         Err(_) => return,
     };
@@ -115,8 +151,12 @@ pub async fn delete_redis_keys(config: &Config) {
 /// Deletes every queue and the exchange of a namespace.
 pub async fn delete_topology(config: &Config) {
     use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-    let Ok(conn) = lapin::Connection::connect(&config.amqp_url, Default::default()).await else { return };
-    let Ok(ch) = conn.create_channel().await else { return };
+    let Ok(conn) = lapin::Connection::connect(&config.amqp_url, Default::default()).await else {
+        return;
+    };
+    let Ok(ch) = conn.create_channel().await else {
+        return;
+    };
     let names = topology::Names::new(&config.namespace);
     for svc in topology::consuming_services() {
         let mut queues = vec![names.queue(svc), names.dead_letter_queue(svc)];
@@ -124,10 +164,17 @@ pub async fn delete_topology(config: &Config) {
             queues.push(names.retry_queue(svc, i));
         }
         for q in queues {
-            let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+            let _ = ch
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
         }
     }
-    let _ = ch.exchange_delete(names.exchange().as_str().into(), ExchangeDeleteOptions::default()).await;
+    let _ = ch
+        .exchange_delete(
+            names.exchange().as_str().into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await;
     let _ = conn.close(200, "cleanup".into()).await;
 }
 
@@ -153,7 +200,9 @@ impl Proxy {
         let st = state.clone();
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { return };
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
                 if st.lock().unwrap().refuse {
                     drop(inbound);
                     continue;
@@ -167,7 +216,11 @@ impl Proxy {
                 st.lock().unwrap().conns.push(task.abort_handle());
             }
         });
-        Proxy { port, state, accept }
+        Proxy {
+            port,
+            state,
+            accept,
+        }
     }
 
     /// Closes every connection through the proxy now.

@@ -9,7 +9,12 @@ pub const BINDINGS: &[(&str, &[&str])] = &[
     ("products", &[]),
     (
         "inventory",
-        &["product.created", "order.created", "stock.release_requested", "order.confirmed"],
+        &[
+            "product.created",
+            "order.created",
+            "stock.release_requested",
+            "order.confirmed",
+        ],
     ),
     (
         "orders",
@@ -22,24 +27,39 @@ pub const BINDINGS: &[(&str, &[&str])] = &[
             "payment.refunded",
         ],
     ),
-    ("payments", &["payment.requested", "payment.refund_requested"]),
-    ("notifications", &["order.confirmed", "order.cancelled", "user.registered"]),
+    (
+        "payments",
+        &["payment.requested", "payment.refund_requested"],
+    ),
+    (
+        "notifications",
+        &["order.confirmed", "order.cancelled", "user.registered"],
+    ),
 ];
 
 /// The services that consume events (and so have a queue).
 pub fn consuming_services() -> impl Iterator<Item = &'static str> {
-    BINDINGS.iter().filter(|(_, types)| !types.is_empty()).map(|(q, _)| *q)
+    BINDINGS
+        .iter()
+        .filter(|(_, types)| !types.is_empty())
+        .map(|(q, _)| *q)
 }
 
 /// Event types this service's queue is bound to.
 pub fn bindings_of(service: &str) -> &'static [&'static str] {
-    BINDINGS.iter().find(|(q, _)| *q == service).map(|(_, t)| *t).unwrap_or(&[])
+    BINDINGS
+        .iter()
+        .find(|(q, _)| *q == service)
+        .map(|(_, t)| *t)
+        .unwrap_or(&[])
 }
 
 /// Whether some queue receives this event type: publishing one that nobody consumes is a
 /// fact for future subscribers, not an error, so only these are published `mandatory`.
 pub fn has_consumers(event_type: &str) -> bool {
-    BINDINGS.iter().any(|(_, types)| types.contains(&event_type))
+    BINDINGS
+        .iter()
+        .any(|(_, types)| types.contains(&event_type))
 }
 
 /// Names of exchanges and queues, with the configured namespace.
@@ -50,7 +70,9 @@ pub struct Names {
 
 impl Names {
     pub fn new(namespace: &str) -> Self {
-        Names { namespace: namespace.to_string() }
+        Names {
+            namespace: namespace.to_string(),
+        }
     }
     /// The durable topic exchange every event is published to.
     pub fn exchange(&self) -> String {
@@ -83,7 +105,12 @@ mod tests {
 
     #[test]
     fn saga_events_have_consumers() {
-        for t in ["order.created", "stock.reserved", "payment.requested", "payment.refund_requested"] {
+        for t in [
+            "order.created",
+            "stock.reserved",
+            "payment.requested",
+            "payment.refund_requested",
+        ] {
             assert!(has_consumers(t));
         }
         assert!(!has_consumers("notification.sent"));

@@ -17,6 +17,7 @@ use lapin::{
     options::{BasicPublishOptions, QueueDeclareOptions},
     types::FieldTable,
 };
+use shop_platform::testkit::{Proxy, TestEnv, eventually};
 use shop_platform::{
     Envelope,
     amqp::Broker,
@@ -26,7 +27,6 @@ use shop_platform::{
     outbox::{self, Relay},
 };
 use sqlx::{PgConnection, PgPool};
-use shop_platform::testkit::{Proxy, TestEnv, eventually};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -68,21 +68,30 @@ impl Handler for Recorder {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await; // simulated slow work inside the handler
         }
-        sqlx::query("INSERT INTO effects (event_id) VALUES ($1)").bind(event.id).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO effects (event_id) VALUES ($1)")
+            .bind(event.id)
+            .execute(&mut *tx)
+            .await?;
         self.finished.store(true, Ordering::SeqCst);
         Ok(())
     }
 }
 
 async fn effects_table(pool: &PgPool) {
-    sqlx::query("CREATE TABLE IF NOT EXISTS effects (id BIGSERIAL PRIMARY KEY, event_id UUID NOT NULL)")
-        .execute(pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS effects (id BIGSERIAL PRIMARY KEY, event_id UUID NOT NULL)",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
 }
 
 async fn effects(pool: &PgPool, id: Uuid) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM effects WHERE event_id = $1").bind(id).fetch_one(pool).await.unwrap()
+    sqlx::query_scalar("SELECT count(*) FROM effects WHERE event_id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
 
 fn event() -> Envelope {
@@ -114,12 +123,22 @@ impl Harness {
         let env = TestEnv::new(SVC, tweak).await;
         effects_table(&env.pool).await;
         let broker = env.broker().await;
-        Harness { env, broker, handler: Arc::new(Recorder::default()), stop: CancellationToken::new(), consumer: None }
+        Harness {
+            env,
+            broker,
+            handler: Arc::new(Recorder::default()),
+            stop: CancellationToken::new(),
+            consumer: None,
+        }
     }
 
     fn start_consumer(&mut self) {
-        self.consumer =
-            Some(self.broker.consume(SVC, self.env.pool.clone(), self.handler.clone(), self.stop.clone()));
+        self.consumer = Some(self.broker.consume(
+            SVC,
+            self.env.pool.clone(),
+            self.handler.clone(),
+            self.stop.clone(),
+        ));
     }
 
     fn relay(&self) -> Relay {
@@ -142,7 +161,10 @@ impl Harness {
         let q = ch
             .queue_declare(
                 self.broker.names().queue(SVC).as_str().into(),
-                QueueDeclareOptions { passive: true, ..Default::default() },
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await
@@ -158,7 +180,9 @@ impl Harness {
             routing_key.into(),
             BasicPublishOptions::default(),
             body,
-            BasicProperties::default().with_message_id("poison-1".into()).with_delivery_mode(2),
+            BasicProperties::default()
+                .with_message_id("poison-1".into())
+                .with_delivery_mode(2),
         )
         .await
         .unwrap()
@@ -184,21 +208,34 @@ async fn an_event_committed_before_a_crash_is_published_once_after_restart() {
     let mut tx = h.env.pool.begin().await.unwrap();
     outbox::enqueue(&mut tx, &e).await.unwrap();
     tx.commit().await.unwrap();
-    assert_eq!(outbox::stats(&h.env.pool).await.unwrap().0, 1, "the event waits in the outbox");
+    assert_eq!(
+        outbox::stats(&h.env.pool).await.unwrap().0,
+        1,
+        "the event waits in the outbox"
+    );
 
     // After the restart the relay publishes it.
     let stop = CancellationToken::new();
     let relay = tokio::spawn(h.relay().run(stop.clone()));
     let pool = h.env.pool.clone();
-    eventually("the event is handled", WAIT, || async { effects(&pool, e.id).await == 1 }).await;
-    eventually("the outbox is drained", WAIT, || async { outbox::stats(&pool).await.unwrap().0 == 0 }).await;
+    eventually("the event is handled", WAIT, || async {
+        effects(&pool, e.id).await == 1
+    })
+    .await;
+    eventually("the outbox is drained", WAIT, || async {
+        outbox::stats(&pool).await.unwrap().0 == 0
+    })
+    .await;
 
     // A relay that crashed after publishing but before marking the row sent publishes it again:
     // the consumer's inbox absorbs the copy.
     h.broker.publish(&e).await.unwrap();
     let m = h.env.metrics.clone();
     eventually("the copy is seen as a duplicate", WAIT, || async {
-        m.duplicates.get_or_create(&shop_platform::metrics::Metrics::label("payment.requested")).get() == 1
+        m.duplicates
+            .get_or_create(&shop_platform::metrics::Metrics::label("payment.requested"))
+            .get()
+            == 1
     })
     .await;
     assert_eq!(effects(&pool, e.id).await, 1, "effects exactly once");
@@ -212,7 +249,10 @@ async fn the_relay_wakes_on_notify_and_backs_off_while_the_broker_is_away() {
     let h = Harness::new(|_| {}).await;
     let bus = shop_platform::memory::MemoryBus::new();
     bus.fail_next(3); // the broker is away for the first attempts
-    let relay = Relay { publisher: Arc::new(bus.clone()), ..h.relay() };
+    let relay = Relay {
+        publisher: Arc::new(bus.clone()),
+        ..h.relay()
+    };
     let stop = CancellationToken::new();
     let task = tokio::spawn(relay.run(stop.clone()));
     let events: Vec<Envelope> = (0..5).map(|_| event()).collect();
@@ -223,7 +263,11 @@ async fn the_relay_wakes_on_notify_and_backs_off_while_the_broker_is_away() {
     tx.commit().await.unwrap();
     assert!(bus.wait_for(5, WAIT).await, "published after the outage");
     let ids: Vec<Uuid> = bus.published().iter().map(|e| e.id).collect();
-    assert_eq!(ids, events.iter().map(|e| e.id).collect::<Vec<_>>(), "in commit order, each once");
+    assert_eq!(
+        ids,
+        events.iter().map(|e| e.id).collect::<Vec<_>>(),
+        "in commit order, each once"
+    );
     stop.cancel();
     task.await.unwrap();
     h.shutdown().await;
@@ -262,7 +306,10 @@ async fn poison_messages_are_dead_lettered_with_a_reason_while_others_flow_and_c
     h.broker.publish(&good).await.unwrap();
 
     let pool = h.env.pool.clone();
-    eventually("the good message is handled", WAIT, || async { effects(&pool, good.id).await == 1 }).await;
+    eventually("the good message is handled", WAIT, || async {
+        effects(&pool, good.id).await == 1
+    })
+    .await;
     let mut letters = Vec::new();
     for _ in 0..200 {
         letters = h.dead_letters().await;
@@ -272,18 +319,37 @@ async fn poison_messages_are_dead_lettered_with_a_reason_while_others_flow_and_c
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(letters.len(), 3, "{letters:#?}");
-    let reason_of = |id: &str| letters.iter().find(|l| l.message_id == id).map(|l| l.reason.clone()).unwrap();
-    assert!(reason_of("poison-1").contains("malformed envelope"), "{}", reason_of("poison-1"));
+    let reason_of = |id: &str| {
+        letters
+            .iter()
+            .find(|l| l.message_id == id)
+            .map(|l| l.reason.clone())
+            .unwrap()
+    };
+    assert!(
+        reason_of("poison-1").contains("malformed envelope"),
+        "{}",
+        reason_of("poison-1")
+    );
     assert!(reason_of(&newer.id.to_string()).contains("unsupported envelope version 2"));
     assert!(reason_of(&rejected.id.to_string()).contains("amount is negative"));
-    assert!(letters.iter().all(|l| l.first_death_at.is_some() && l.source_queue == h.broker.names().queue(SVC)));
+    assert!(
+        letters
+            .iter()
+            .all(|l| l.first_death_at.is_some() && l.source_queue == h.broker.names().queue(SVC))
+    );
 
     // Listing leaves them in place; once the cause is fixed, a replay re-drives one.
     assert_eq!(h.dead_letters().await.len(), 3);
     h.handler.fail_permanent.lock().unwrap().clear();
-    let n = dlq::replay(&h.broker, SVC, Some(&rejected.id.to_string())).await.unwrap();
+    let n = dlq::replay(&h.broker, SVC, Some(&rejected.id.to_string()))
+        .await
+        .unwrap();
     assert_eq!(n, 1);
-    eventually("the replayed message is handled", WAIT, || async { effects(&pool, rejected.id).await == 1 }).await;
+    eventually("the replayed message is handled", WAIT, || async {
+        effects(&pool, rejected.id).await == 1
+    })
+    .await;
     assert_eq!(h.dead_letters().await.len(), 2, "the other two stay parked");
     h.shutdown().await;
 }
@@ -298,11 +364,22 @@ async fn a_panicking_handler_does_not_kill_the_consumer() {
     let good = event();
     h.broker.publish(&good).await.unwrap();
     let pool = h.env.pool.clone();
-    eventually("the next message is handled", WAIT, || async { effects(&pool, good.id).await == 1 }).await;
-    let broker = h.broker.clone();
-    eventually("the panicking one is parked after its retries", WAIT, || async {
-        dlq::list(&broker, Some(SVC)).await.unwrap().iter().any(|l| l.reason.contains("handler panicked"))
+    eventually("the next message is handled", WAIT, || async {
+        effects(&pool, good.id).await == 1
     })
+    .await;
+    let broker = h.broker.clone();
+    eventually(
+        "the panicking one is parked after its retries",
+        WAIT,
+        || async {
+            dlq::list(&broker, Some(SVC))
+                .await
+                .unwrap()
+                .iter()
+                .any(|l| l.reason.contains("handler panicked"))
+        },
+    )
     .await;
     h.shutdown().await;
 }
@@ -315,10 +392,17 @@ async fn a_transient_failure_is_retried_with_delays_then_succeeds() {
     h.handler.fail_transient.lock().unwrap().insert(e.id, 2);
     h.broker.publish(&e).await.unwrap();
     let pool = h.env.pool.clone();
-    eventually("handled on the third attempt", WAIT, || async { effects(&pool, e.id).await == 1 }).await;
+    eventually("handled on the third attempt", WAIT, || async {
+        effects(&pool, e.id).await == 1
+    })
+    .await;
     assert_eq!(h.handler.started.load(Ordering::SeqCst), 3);
     assert_eq!(
-        h.env.metrics.retried.get_or_create(&shop_platform::metrics::Metrics::label("payment.requested")).get(),
+        h.env
+            .metrics
+            .retried
+            .get_or_create(&shop_platform::metrics::Metrics::label("payment.requested"))
+            .get(),
         2
     );
     assert!(h.dead_letters().await.is_empty());
@@ -330,7 +414,11 @@ async fn a_message_that_keeps_failing_is_dead_lettered_with_its_last_error() {
     let mut h = Harness::new(|_| {}).await;
     h.start_consumer();
     let e = event();
-    h.handler.fail_transient.lock().unwrap().insert(e.id, usize::MAX);
+    h.handler
+        .fail_transient
+        .lock()
+        .unwrap()
+        .insert(e.id, usize::MAX);
     h.broker.publish(&e).await.unwrap();
     let broker = h.broker.clone();
     eventually("dead-lettered after all attempts", WAIT, || async {
@@ -339,7 +427,12 @@ async fn a_message_that_keeps_failing_is_dead_lettered_with_its_last_error() {
     .await;
     let letter = &h.dead_letters().await[0];
     assert_eq!(letter.attempts, 3, "first attempt + two retries");
-    assert!(letter.reason.contains("failed after 3 attempts") && letter.reason.contains("database hiccup"), "{}", letter.reason);
+    assert!(
+        letter.reason.contains("failed after 3 attempts")
+            && letter.reason.contains("database hiccup"),
+        "{}",
+        letter.reason
+    );
     assert_eq!(letter.event_type, "payment.requested");
     h.shutdown().await;
 }
@@ -351,9 +444,11 @@ async fn an_expired_message_is_dead_lettered_not_dropped() {
     let e = event();
     h.broker.publish(&e).await.unwrap();
     let broker = h.broker.clone();
-    eventually("the expired message is in the dead-letter queue", WAIT, || async {
-        dlq::list(&broker, Some(SVC)).await.unwrap().len() == 1
-    })
+    eventually(
+        "the expired message is in the dead-letter queue",
+        WAIT,
+        || async { dlq::list(&broker, Some(SVC)).await.unwrap().len() == 1 },
+    )
     .await;
     let letter = &h.dead_letters().await[0];
     assert_eq!(letter.message_id, e.id.to_string());
@@ -366,26 +461,40 @@ async fn an_expired_message_is_dead_lettered_not_dropped() {
 async fn publishing_and_consuming_resume_after_the_connections_drop() {
     let upstream = "127.0.0.1:5672";
     let proxy = Proxy::start(upstream).await;
-    let mut h = Harness::new(|c| c.amqp_url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port)).await;
+    let mut h =
+        Harness::new(|c| c.amqp_url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port))
+            .await;
     h.start_consumer();
     let first = event();
     h.broker.publish(&first).await.unwrap();
     let pool = h.env.pool.clone();
-    eventually("handled before the cut", WAIT, || async { effects(&pool, first.id).await == 1 }).await;
+    eventually("handled before the cut", WAIT, || async {
+        effects(&pool, first.id).await == 1
+    })
+    .await;
 
     // Every connection of this test is closed under the clients' feet, and new ones are refused
     // for a while.
     proxy.refuse(true);
     proxy.cut();
     let broker = h.broker.clone();
-    eventually("the loss is noticed", WAIT, || async { !broker.is_connected() }).await;
-    assert!(h.broker.publish(&event()).await.is_err(), "publishing fails fast while away");
+    eventually("the loss is noticed", WAIT, || async {
+        !broker.is_connected()
+    })
+    .await;
+    assert!(
+        h.broker.publish(&event()).await.is_err(),
+        "publishing fails fast while away"
+    );
     proxy.refuse(false);
     assert!(h.broker.wait_connected(WAIT).await, "reconnected by itself");
 
     let second = event();
     h.broker.publish(&second).await.unwrap();
-    eventually("the consumer resumed by itself", WAIT, || async { effects(&pool, second.id).await == 1 }).await;
+    eventually("the consumer resumed by itself", WAIT, || async {
+        effects(&pool, second.id).await == 1
+    })
+    .await;
     h.shutdown().await;
 }
 
@@ -397,7 +506,10 @@ async fn a_graceful_stop_finishes_the_message_in_flight() {
     let e = event();
     h.broker.publish(&e).await.unwrap();
     let handler = h.handler.clone();
-    eventually("the handler started", WAIT, || async { handler.started.load(Ordering::SeqCst) == 1 }).await;
+    eventually("the handler started", WAIT, || async {
+        handler.started.load(Ordering::SeqCst) == 1
+    })
+    .await;
     // Stop while the handler is still working.
     h.stop.cancel();
     h.consumer.take().unwrap().await.unwrap();

@@ -42,6 +42,15 @@ pub enum Command {
     },
     /// Apply every service's database migrations (also done at start-up).
     Migrate,
+    /// Check the invariants across every service's data and the broker; exits non-zero on
+    /// any violation. Run it once the system is quiet.
+    Audit {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fill an idempotent demo catalog (about 20 products with stock).
+    Seed,
     /// Inspect and re-drive dead-lettered messages.
     Dlq {
         #[command(subcommand)]
@@ -81,7 +90,10 @@ pub enum DlqCommand {
 
 pub fn main(cli: Cli) -> ExitCode {
     telemetry::init(&cli.config.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -111,6 +123,31 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dlq { command } => dlq_command(&config, command).await,
+        Command::Audit { json } => {
+            let broker = dlq_broker(&config).await?;
+            let report = crate::audit::run(&config, Some(&broker)).await;
+            broker.close().await;
+            let report = report?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.table());
+            }
+            if report.ok() {
+                Ok(())
+            } else {
+                anyhow::bail!("{} invariant violation(s)", report.violations.len())
+            }
+        }
+        Command::Seed => {
+            let pool = shop_platform::db::connect(&config.database_url, "products", 2).await?;
+            shop_platform::service::Program::migrate(&shop_products::Products, &pool).await?;
+            let n = shop_products::seed(&pool).await?;
+            println!(
+                "seeded {n} new product(s); the relay of a running products service publishes them"
+            );
+            Ok(())
+        }
     }
 }
 
@@ -122,7 +159,9 @@ pub fn shutdown_signal() -> CancellationToken {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
             tokio::select! {
                 _ = ctrl_c => {}
                 _ = term.recv() => {}
@@ -143,7 +182,13 @@ async fn serve(config: &Config, names: &[&str]) -> anyhow::Result<()> {
     for name in names {
         let started = async {
             let listener = service::bind(&config.bind, config.port_of(name)).await?;
-            service::start(program(name).expect("known"), config.clone(), listener, shutdown.clone()).await
+            service::start(
+                program(name).expect("known"),
+                config.clone(),
+                listener,
+                shutdown.clone(),
+            )
+            .await
         }
         .await
         .with_context(|| format!("starting {name}"));
@@ -168,7 +213,11 @@ async fn serve(config: &Config, names: &[&str]) -> anyhow::Result<()> {
 }
 
 async fn dlq_broker(config: &Config) -> anyhow::Result<Arc<Broker>> {
-    Broker::connect(BrokerConfig::from_config(config, "dlq-tool"), Arc::new(Metrics::new("dlq-tool"))).await
+    Broker::connect(
+        BrokerConfig::for_tools(config, "shop-tool"),
+        Arc::new(Metrics::new("dlq-tool")),
+    )
+    .await
 }
 
 async fn dlq_command(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
@@ -182,9 +231,15 @@ async fn dlq_command(config: &Config, command: DlqCommand) -> anyhow::Result<()>
                         println!("{}", serde_json::to_string(l)?);
                     }
                 } else {
-                    println!("{:<14} {:<38} {:<26} {:>8} {:<25} reason", "service", "id", "type", "attempts", "first death");
+                    println!(
+                        "{:<14} {:<38} {:<26} {:>8} {:<25} reason",
+                        "service", "id", "type", "attempts", "first death"
+                    );
                     for l in &letters {
-                        let at = l.first_death_at.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into());
+                        let at = l
+                            .first_death_at
+                            .map(|t| t.to_rfc3339())
+                            .unwrap_or_else(|| "-".into());
                         println!(
                             "{:<14} {:<38} {:<26} {:>8} {:<25} {}",
                             l.service, l.message_id, l.event_type, l.attempts, at, l.reason
@@ -196,11 +251,18 @@ async fn dlq_command(config: &Config, command: DlqCommand) -> anyhow::Result<()>
             }
             DlqCommand::Show { id } => {
                 let letters = dlq::list(&broker, None).await?;
-                let l = letters.into_iter().find(|l| l.message_id == id).with_context(|| format!("no dead letter with id {id}"))?;
+                let l = letters
+                    .into_iter()
+                    .find(|l| l.message_id == id)
+                    .with_context(|| format!("no dead letter with id {id}"))?;
                 println!("{}", serde_json::to_string_pretty(&l)?);
                 Ok(())
             }
-            DlqCommand::Replay { service, id, all: _ } => {
+            DlqCommand::Replay {
+                service,
+                id,
+                all: _,
+            } => {
                 let n = dlq::replay(&broker, &service, id.as_deref()).await?;
                 if id.is_some() && n == 0 {
                     anyhow::bail!("no dead letter with that id in {service}'s dead-letter queue");

@@ -1,5 +1,6 @@
 //! The `shop` binary's library: the command line and the registry of programs.
 
+pub mod audit;
 pub mod cli;
 
 use std::sync::Arc;
@@ -7,7 +8,15 @@ use std::sync::Arc;
 use shop_platform::service::Program;
 
 /// Every program, services first and the gateway last (the order `shop up` starts them in).
-pub const PROGRAMS: &[&str] = &["users", "products", "inventory", "orders", "payments", "notifications", "gateway"];
+pub const PROGRAMS: &[&str] = &[
+    "users",
+    "products",
+    "inventory",
+    "orders",
+    "payments",
+    "notifications",
+    "gateway",
+];
 
 /// The program called `name`.
 pub fn program(name: &str) -> Option<Arc<dyn Program>> {

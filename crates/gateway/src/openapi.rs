@@ -1,0 +1,164 @@
+//! The OpenAPI document of the public API, generated from the services' own request and
+//! response types: users and products describe their routes themselves; the routes of
+//! inventory, orders and notifications are described here against their types.
+#![allow(dead_code)] // the functions below only carry their `#[utoipa::path]` descriptions
+
+use serde::Serialize;
+use utoipa::{
+    Modify, OpenApi, ToSchema,
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+};
+
+/// An error (RFC 9457 problem details); `field` names the invalid field of a 422.
+#[derive(Serialize, ToSchema)]
+pub struct Problem {
+    /// Stable identifier, e.g. `urn:shop:problem:validation`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    pub field: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/inventory/{product_id}", tag = "inventory",
+    params(("product_id" = uuid::Uuid, Path, description = "The product")),
+    responses(
+        (status = 200, description = "Stock levels", body = shop_inventory::api::StockLevel),
+        (status = 404, description = "Unknown product", body = Problem, content_type = "application/problem+json"),
+    ))]
+fn stock() {}
+
+#[utoipa::path(post, path = "/api/inventory/{product_id}/adjustments", tag = "inventory",
+    security(("bearer" = [])),
+    params(("product_id" = uuid::Uuid, Path, description = "The product")),
+    request_body = shop_inventory::api::StockAdjustment,
+    responses(
+        (status = 200, description = "Adjusted", body = shop_inventory::api::StockLevel),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Administrators only", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown product", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Stock would go below zero", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field", body = Problem, content_type = "application/problem+json"),
+    ))]
+fn adjust() {}
+
+#[utoipa::path(post, path = "/api/orders", tag = "orders",
+    security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "The same key from the same user returns the same order")),
+    request_body = shop_orders::api::PlaceOrder,
+    responses(
+        (status = 202, description = "Accepted: the order is PENDING and its saga runs", body = shop_orders::api::OrderView),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid order (lines, quantities, unknown products)", body = Problem, content_type = "application/problem+json"),
+    ))]
+fn place_order() {}
+
+#[utoipa::path(get, path = "/api/orders", tag = "orders",
+    security(("bearer" = [])),
+    params(("limit" = Option<i64>, Query, description = "1 to 100, default 20"),
+           ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    responses(
+        (status = 200, description = "The caller's orders, newest first", body = shop_orders::api::OrderPage),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid limit or cursor", body = Problem, content_type = "application/problem+json"),
+    ))]
+fn list_orders() {}
+
+#[utoipa::path(get, path = "/api/orders/{id}", tag = "orders",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The order id")),
+    responses(
+        (status = 200, description = "The order with its history", body = shop_orders::api::OrderView),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order of the caller's", body = Problem, content_type = "application/problem+json"),
+    ))]
+fn get_order() {}
+
+#[utoipa::path(get, path = "/api/orders/{id}/events", tag = "orders",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The order id")),
+    responses(
+        (status = 200, description = "Server-sent events `status` (a StatusEvent as JSON) until a terminal status",
+            body = shop_orders::api::StatusEvent, content_type = "text/event-stream"),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order of the caller's", body = Problem, content_type = "application/problem+json"),
+    ))]
+fn order_events() {}
+
+#[utoipa::path(get, path = "/api/notifications", tag = "notifications",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's notifications, newest first", body = shop_notifications::api::NotificationList),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+    ))]
+fn notifications() {}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The token from POST /api/auth/login"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Shop API", description = "The public API of Shop. Money is integer cents; ids are UUIDs; errors are application/problem+json."),
+    paths(stock, adjust, place_order, list_orders, get_order, order_events, notifications),
+    components(schemas(Problem)),
+    modifiers(&BearerAuth),
+)]
+struct ApiDoc;
+
+/// The whole public API.
+pub fn document() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.merge(shop_users::openapi());
+    doc.merge(shop_products::openapi());
+    doc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Method;
+
+    /// Every documented operation is routed by the gateway with the access it documents.
+    #[test]
+    fn the_document_matches_the_routes() {
+        let doc = document();
+        let mut operations = 0;
+        for (path, item) in &doc.paths.paths {
+            let concrete = path.replace("{id}", "x").replace("{product_id}", "x");
+            for (method, op) in [
+                (Method::GET, &item.get),
+                (Method::POST, &item.post),
+                (Method::PATCH, &item.patch),
+                (Method::PUT, &item.put),
+                (Method::DELETE, &item.delete),
+            ] {
+                let Some(op) = op else { continue };
+                operations += 1;
+                let route = crate::proxy::classify(&method, &concrete)
+                    .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+                let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+                assert_eq!(
+                    secured,
+                    route.access != crate::proxy::Access::Public,
+                    "{method} {path}"
+                );
+            }
+        }
+        assert_eq!(operations, 15, "every public operation is documented");
+    }
+}

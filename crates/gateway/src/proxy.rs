@@ -1,0 +1,371 @@
+//! The public API: every `/api/...` request is classified (which service, who may call it),
+//! rate-limited, authenticated against the session store, size-limited, and forwarded over
+//! pooled HTTP to the service that owns the data, which also enforces object-level access.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{
+    body::Body,
+    extract::{ConnectInfo, Request, State},
+    http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use redis::aio::ConnectionManager;
+use shop_platform::{
+    config::Config,
+    http::{ApiError, BODY_LIMIT, X_REQUEST_ID, X_USER_ID, X_USER_ROLE},
+    session::{self, Session},
+};
+use tracing::warn;
+
+/// Who may call a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Public,
+    User,
+    Admin,
+}
+
+/// Where a public route goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub service: &'static str,
+    pub access: Access,
+    /// Logins get a stricter per-IP limit.
+    pub is_login: bool,
+    /// A long-lived event stream (no request timeout).
+    pub is_stream: bool,
+}
+
+/// Classifies a request: `Ok(route)`, or the error for an unknown path (404) or a known
+/// path with another method (405).
+pub fn classify(method: &Method, path: &str) -> Result<Route, ApiError> {
+    let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    let r = |service, access| Route {
+        service,
+        access,
+        is_login: false,
+        is_stream: false,
+    };
+    use Access::*;
+    let found: Option<Vec<(Method, Route)>> = match segs.as_slice() {
+        ["api", "auth", "register"] => Some(vec![(Method::POST, r("users", Public))]),
+        ["api", "auth", "login"] => Some(vec![(
+            Method::POST,
+            Route {
+                is_login: true,
+                ..r("users", Public)
+            },
+        )]),
+        ["api", "auth", "logout"] => Some(vec![(Method::POST, r("users", User))]),
+        ["api", "me"] => Some(vec![(Method::GET, r("users", User))]),
+        ["api", "products"] => Some(vec![
+            (Method::GET, r("products", Public)),
+            (Method::POST, r("products", Admin)),
+        ]),
+        ["api", "products", _] => Some(vec![
+            (Method::GET, r("products", Public)),
+            (Method::PATCH, r("products", Admin)),
+        ]),
+        ["api", "inventory", _] => Some(vec![(Method::GET, r("inventory", Public))]),
+        ["api", "inventory", _, "adjustments"] => Some(vec![(Method::POST, r("inventory", Admin))]),
+        ["api", "orders"] => Some(vec![
+            (Method::GET, r("orders", User)),
+            (Method::POST, r("orders", User)),
+        ]),
+        ["api", "orders", _] => Some(vec![(Method::GET, r("orders", User))]),
+        ["api", "orders", _, "events"] => Some(vec![(
+            Method::GET,
+            Route {
+                is_stream: true,
+                ..r("orders", User)
+            },
+        )]),
+        ["api", "notifications"] => Some(vec![(Method::GET, r("notifications", User))]),
+        _ => None,
+    };
+    let Some(methods) = found else {
+        return Err(ApiError::NotFound("no such route".into()));
+    };
+    methods
+        .iter()
+        .find(|(m, _)| m == method)
+        .map(|(_, r)| *r)
+        .ok_or(ApiError::MethodNotAllowed)
+}
+
+/// Shared state of the gateway.
+pub struct Gateway {
+    pub config: Config,
+    pub redis: ConnectionManager,
+    /// For ordinary requests: pooled connections, connect and total timeouts.
+    pub http: reqwest::Client,
+    /// For event streams: no total timeout.
+    pub streams: reqwest::Client,
+}
+
+/// Headers copied from the client to the service.
+const FORWARDED_REQUEST: &[&str] = &["content-type", "accept", "idempotency-key", X_REQUEST_ID];
+/// Headers copied from the service to the client.
+const FORWARDED_RESPONSE: &[&str] = &[
+    "content-type",
+    "location",
+    "retry-after",
+    "cache-control",
+    "allow",
+];
+
+pub async fn proxy(
+    State(gw): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    forward(&gw, peer, req)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn forward(gw: &Gateway, peer: SocketAddr, req: Request) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    let route = classify(&parts.method, parts.uri.path())?;
+    let ip = peer.ip().to_string();
+
+    if route.is_login {
+        rate_limit(gw, "login", &ip, gw.config.login_rate_limit_per_min).await?;
+    }
+    let token = session::bearer(
+        parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let caller = match (route.access, token) {
+        (Access::Public, _) => None,
+        (_, None) => return Err(ApiError::Unauthorized),
+        (_, Some(token)) => Some(authenticate(gw, token).await?),
+    };
+    if route.access == Access::Admin && caller.as_ref().is_none_or(|s| s.role != "admin") {
+        return Err(ApiError::Forbidden("administrators only".into()));
+    }
+    match &caller {
+        Some(s) => {
+            rate_limit(
+                gw,
+                "user",
+                &s.user_id.to_string(),
+                gw.config.rate_limit_per_min,
+            )
+            .await?
+        }
+        None => rate_limit(gw, "ip", &ip, gw.config.rate_limit_per_min).await?,
+    }
+
+    let bytes = axum::body::to_bytes(body, BODY_LIMIT)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge)?;
+    if matches!(parts.method, Method::POST | Method::PATCH)
+        && !bytes.is_empty()
+        && !is_json(&parts.headers)
+    {
+        return Err(ApiError::UnsupportedMediaType(
+            "expected Content-Type: application/json".into(),
+        ));
+    }
+
+    let url = format!(
+        "{}{}",
+        gw.config.service_url(route.service),
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+    );
+    let client = if route.is_stream {
+        &gw.streams
+    } else {
+        &gw.http
+    };
+    let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes())
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let mut out = client.request(method, url);
+    for name in FORWARDED_REQUEST {
+        if let Some(v) = parts.headers.get(*name) {
+            out = out.header(*name, v.as_bytes());
+        }
+    }
+    if route.service == "users" {
+        if let Some(v) = parts.headers.get(header::AUTHORIZATION) {
+            out = out.header(header::AUTHORIZATION.as_str(), v.as_bytes());
+        }
+    }
+    if let Some(s) = &caller {
+        out = out
+            .header(X_USER_ID, s.user_id.to_string())
+            .header(X_USER_ROLE, s.role.as_str());
+    }
+    if !bytes.is_empty() {
+        out = out.body(bytes);
+    }
+    let upstream = out.send().await.map_err(|e| {
+        warn!(service = route.service, error = %e, "service unreachable");
+        ApiError::Unavailable(format!(
+            "the {} service is unavailable, try again",
+            route.service
+        ))
+    })?;
+
+    let status =
+        StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut headers = HeaderMap::new();
+    for name in FORWARDED_RESPONSE {
+        if let Some(v) = upstream.headers().get(*name) {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_bytes(v.as_bytes()),
+            ) {
+                headers.insert(n, v);
+            }
+        }
+    }
+    let body = if route.is_stream {
+        Body::from_stream(upstream.bytes_stream())
+    } else {
+        let b = upstream.bytes().await.map_err(|_| {
+            ApiError::Unavailable(format!(
+                "the {} service stopped answering, try again",
+                route.service
+            ))
+        })?;
+        Body::from(b)
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    Ok(resp)
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| {
+            let m = m.trim().to_ascii_lowercase();
+            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+        })
+}
+
+/// The session of a bearer token (sliding its expiry): 401 if unknown or expired, 503 if the
+/// session store is unreachable.
+async fn authenticate(gw: &Gateway, token: &str) -> Result<Session, ApiError> {
+    let mut redis = gw.redis.clone();
+    let found = tokio::time::timeout(
+        Duration::from_secs(1),
+        session::touch(
+            &mut redis,
+            &gw.config.namespace,
+            token,
+            gw.config.session_ttl_secs,
+        ),
+    )
+    .await;
+    match found {
+        Ok(Ok(Some(s))) => Ok(s),
+        Ok(Ok(None)) => Err(ApiError::Unauthorized),
+        Ok(Err(e)) => {
+            warn!(error = %e, "session store unavailable");
+            Err(ApiError::Unavailable(
+                "the session store is unavailable, try again".into(),
+            ))
+        }
+        Err(_) => Err(ApiError::Unavailable(
+            "the session store is unavailable, try again".into(),
+        )),
+    }
+}
+
+/// A fixed one-minute window per scope and id in Redis. If Redis is away, requests pass
+/// (availability over strictness) and a warning is logged.
+async fn rate_limit(gw: &Gateway, scope: &str, id: &str, per_minute: u32) -> Result<(), ApiError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let key = gw
+        .config
+        .redis_key(&format!("rl:{scope}:{id}:{}", now / 60));
+    let mut redis = gw.redis.clone();
+    let counted = tokio::time::timeout(
+        Duration::from_millis(300),
+        redis::pipe()
+            .atomic()
+            .incr(&key, 1)
+            .expire(&key, 61)
+            .ignore()
+            .query_async::<(u64,)>(&mut redis),
+    )
+    .await;
+    match counted {
+        Ok(Ok((n,))) if n > u64::from(per_minute) => Err(ApiError::TooManyRequests {
+            retry_after_secs: 60 - now % 60,
+        }),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => {
+            warn!(error = %e, "rate limiter unavailable; letting the request through");
+            Ok(())
+        }
+        Err(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_classified() {
+        let r = classify(&Method::POST, "/api/auth/login").unwrap();
+        assert_eq!(
+            (r.service, r.access, r.is_login),
+            ("users", Access::Public, true)
+        );
+        assert_eq!(
+            classify(&Method::POST, "/api/products").unwrap().access,
+            Access::Admin
+        );
+        assert_eq!(
+            classify(&Method::GET, "/api/products/x").unwrap().access,
+            Access::Public
+        );
+        assert_eq!(
+            classify(&Method::PATCH, "/api/products/x").unwrap().access,
+            Access::Admin
+        );
+        assert!(
+            classify(&Method::GET, "/api/orders/x/events")
+                .unwrap()
+                .is_stream
+        );
+        assert!(matches!(
+            classify(&Method::GET, "/api/nope"),
+            Err(ApiError::NotFound(_))
+        ));
+        assert!(matches!(
+            classify(&Method::DELETE, "/api/orders"),
+            Err(ApiError::MethodNotAllowed)
+        ));
+    }
+
+    #[test]
+    fn json_content_types() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        assert!(is_json(&h));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        assert!(!is_json(&h));
+    }
+}

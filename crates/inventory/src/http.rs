@@ -1,0 +1,66 @@
+//! Inventory's routes, served as the gateway forwards them (`/api/inventory/...`).
+
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    routing::{get, post},
+};
+use shop_platform::http::{ApiError, ApiJson, Caller};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{
+    api::{StockAdjustment, StockLevel},
+    domain::Adjustment,
+    store::{self, AdjustError},
+};
+
+pub fn router(pool: PgPool) -> Router {
+    Router::new()
+        .route("/api/inventory/{product_id}", get(get_stock))
+        .route(
+            "/api/inventory/{product_id}/adjustments",
+            post(adjust_stock),
+        )
+        .with_state(pool)
+}
+
+/// Anyone may read a product's stock.
+async fn get_stock(
+    State(pool): State<PgPool>,
+    Path(product_id): Path<Uuid>,
+) -> Result<Json<StockLevel>, ApiError> {
+    let level = store::level(&pool, product_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("stock"))?;
+    Ok(Json(StockLevel {
+        product_id,
+        available: level.available,
+        reserved: level.reserved,
+    }))
+}
+
+/// Administrators add or remove available stock.
+async fn adjust_stock(
+    State(pool): State<PgPool>,
+    caller: Caller,
+    Path(product_id): Path<Uuid>,
+    ApiJson(body): ApiJson<StockAdjustment>,
+) -> Result<Json<StockLevel>, ApiError> {
+    caller.require_admin()?;
+    let adjustment = Adjustment::parse(body.delta, &body.reason)
+        .map_err(|e| ApiError::validation(e.field(), e.to_string()))?;
+    match store::adjust(&pool, product_id, &adjustment).await {
+        Ok(level) => {
+            tracing::info!(%product_id, delta = adjustment.delta(), admin = %caller.user_id, "stock adjusted");
+            Ok(Json(StockLevel {
+                product_id,
+                available: level.available,
+                reserved: level.reserved,
+            }))
+        }
+        Err(AdjustError::UnknownProduct) => Err(ApiError::not_found("stock")),
+        Err(e @ AdjustError::BelowZero { .. }) => Err(ApiError::Conflict(e.to_string())),
+        Err(AdjustError::Database(e)) => Err(e.into()),
+    }
+}

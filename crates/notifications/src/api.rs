@@ -1,0 +1,38 @@
+//! Response bodies of the notifications API.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// One message sent to the user.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NotificationView {
+    pub id: Uuid,
+    /// welcome, order_confirmed or order_cancelled.
+    pub kind: String,
+    pub subject: String,
+    pub body: String,
+    /// The order it is about, if any.
+    pub order_id: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The caller's notifications, newest first (at most 100).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NotificationList {
+    pub items: Vec<NotificationView>,
+}
+
+impl From<crate::store::Notification> for NotificationView {
+    fn from(n: crate::store::Notification) -> Self {
+        NotificationView {
+            id: n.id,
+            kind: n.kind,
+            subject: n.subject,
+            body: n.body,
+            order_id: n.order_id,
+            created_at: n.created_at,
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Request and response bodies of the orders API.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// One line of a new order.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceOrderLine {
+    pub product_id: Uuid,
+    /// 1 to 1000.
+    pub quantity: i32,
+}
+
+/// A new order. Prices and the total are set by the server.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceOrder {
+    /// 1 to 50 lines.
+    pub items: Vec<PlaceOrderLine>,
+    /// The payment method's token (`tok_decline` is declined, `tok_timeout` answers late).
+    pub payment_token: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct OrderLineView {
+    pub product_id: Uuid,
+    pub quantity: i32,
+    pub unit_price_cents: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct HistoryEntry {
+    pub status: String,
+    pub at: DateTime<Utc>,
+}
+
+/// An order and how it got where it is.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct OrderView {
+    pub id: Uuid,
+    /// PENDING, AWAITING_PAYMENT, CONFIRMED, COMPENSATING or CANCELLED.
+    pub status: String,
+    /// out_of_stock, payment_failed or timeout, when cancelled.
+    pub cancel_reason: Option<String>,
+    pub items: Vec<OrderLineView>,
+    pub total_cents: i64,
+    pub currency: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub history: Vec<HistoryEntry>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct OrderPage {
+    pub items: Vec<OrderView>,
+    pub next_cursor: Option<String>,
+}
+
+/// A status change, as sent on the order's event stream.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct StatusEvent {
+    pub order_id: Uuid,
+    pub status: String,
+    pub cancel_reason: Option<String>,
+}
+
+/// A product's price as the products service reports it (`GET /internal/products?ids=`).
+#[derive(Clone, Debug, Deserialize)]
+pub struct PricedProduct {
+    pub id: Uuid,
+    pub price_cents: i64,
+    pub currency: String,
+}

@@ -1,0 +1,134 @@
+//! The orchestrator's I/O: saga events from inventory and payments, and passed deadlines,
+//! turned into transitions of the pure state machine ([`crate::saga`]) and applied with
+//! [`crate::store::apply`] in the consumer's (inbox) transaction.
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use shop_platform::{
+    Envelope,
+    bus::{Handler, HandlerError},
+    events::{
+        PaymentFailed, PaymentRefunded, PaymentSucceeded, StockRejected, StockReleased,
+        StockReserved,
+    },
+};
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::{
+    saga::{SagaEvent, decide},
+    store,
+};
+
+pub struct SagaHandler {
+    /// Deadline of each waiting state.
+    pub deadline: Duration,
+}
+
+/// The order an event is about, and what it means to the saga.
+pub fn translate(event: &Envelope) -> Result<(Uuid, SagaEvent), HandlerError> {
+    Ok(match event.event_type.as_str() {
+        "stock.reserved" => (
+            event.decode::<StockReserved>()?.order_id,
+            SagaEvent::StockReserved,
+        ),
+        "stock.rejected" => (
+            event.decode::<StockRejected>()?.order_id,
+            SagaEvent::StockRejected,
+        ),
+        "stock.released" => (
+            event.decode::<StockReleased>()?.order_id,
+            SagaEvent::StockReleased,
+        ),
+        "payment.succeeded" => {
+            let p = event.decode::<PaymentSucceeded>()?;
+            (
+                p.order_id,
+                SagaEvent::PaymentSucceeded {
+                    payment_id: p.payment_id,
+                },
+            )
+        }
+        "payment.failed" => (
+            event.decode::<PaymentFailed>()?.order_id,
+            SagaEvent::PaymentFailed,
+        ),
+        "payment.refunded" => (
+            event.decode::<PaymentRefunded>()?.order_id,
+            SagaEvent::PaymentRefunded,
+        ),
+        other => {
+            return Err(HandlerError::Permanent(format!(
+                "orders does not handle {other}"
+            )));
+        }
+    })
+}
+
+#[async_trait]
+impl Handler for SagaHandler {
+    async fn handle(&self, event: &Envelope, tx: &mut PgConnection) -> Result<(), HandlerError> {
+        let (order_id, saga_event) = translate(event)?;
+        let Some(row) = store::load_for_update(tx, order_id).await? else {
+            return Err(HandlerError::Permanent(format!("unknown order {order_id}")));
+        };
+        let t = decide(&row.state, &saga_event);
+        if !t.changed {
+            debug!(%order_id, ?saga_event, status = %row.state.status, "event does not apply; ignored");
+            return Ok(());
+        }
+        if !store::apply(tx, &row, &t, Some(event), self.deadline).await? {
+            return Err(HandlerError::Transient(anyhow::anyhow!(
+                "order {order_id} changed concurrently"
+            )));
+        }
+        if t.state.status != row.state.status {
+            info!(%order_id, from = %row.state.status, to = %t.state.status, "order status changed");
+        }
+        Ok(())
+    }
+}
+
+/// Fires passed deadlines: every waiting state that outlived its deadline gets a
+/// `DeadlinePassed` transition (compensate, or retry a compensation). Several instances share
+/// the work through `FOR UPDATE SKIP LOCKED`.
+pub async fn run_deadlines(pool: PgPool, deadline: Duration, stop: CancellationToken) {
+    let tick = (deadline / 4).clamp(Duration::from_millis(50), Duration::from_millis(500));
+    loop {
+        match fire_due(&pool, deadline).await {
+            Ok(n) if n > 0 => continue,
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "deadline scan failed; retrying"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(tick) => {}
+        }
+    }
+}
+
+/// One batch of passed deadlines; returns how many fired.
+pub async fn fire_due(pool: &PgPool, deadline: Duration) -> sqlx::Result<usize> {
+    let mut tx = pool.begin().await?;
+    let rows = store::due(&mut tx, 100).await?;
+    let mut fired = 0;
+    for row in &rows {
+        let t = decide(&row.state, &SagaEvent::DeadlinePassed);
+        if store::apply(&mut tx, row, &t, None, deadline).await? {
+            fired += 1;
+            if t.state.status != row.state.status {
+                info!(order_id = %row.id, from = %row.state.status, to = %t.state.status, "deadline passed");
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(fired)
+}
+
+/// Shared so the HTTP layer can hand it to the consumer.
+pub fn handler(deadline: Duration) -> Arc<dyn Handler> {
+    Arc::new(SagaHandler { deadline })
+}

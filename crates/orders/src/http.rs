@@ -1,0 +1,344 @@
+//! The orders API: place (202, the saga runs after), get, list, and a live event stream of
+//! status changes.
+
+use std::{convert::Infallible, sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode},
+    response::{
+        IntoResponse, Response,
+        sse::{Event as SseEvent, KeepAlive, Sse},
+    },
+    routing::get,
+};
+use futures::{Stream, StreamExt as _};
+use serde::Deserialize;
+use shop_platform::{
+    events::OrderLine,
+    http::{ApiError, ApiJson, Caller},
+};
+use sqlx::PgPool;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::{
+    api::{OrderPage, OrderView, PlaceOrder, PricedProduct, StatusEvent},
+    saga::OrderStatus,
+    store::{self, NewOrder},
+};
+
+pub const MAX_LINES: usize = 50;
+pub const MAX_QUANTITY: i32 = 1000;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub http: reqwest::Client,
+    pub products_url: String,
+    pub deadline: Duration,
+    /// Order ids whose status changed (from PostgreSQL NOTIFY).
+    pub changes: broadcast::Sender<Uuid>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/orders", get(list).post(place))
+        .route("/api/orders/{id}", get(get_one))
+        .route("/api/orders/{id}/events", get(events))
+        .with_state(Arc::new(state))
+}
+
+fn validate(body: &PlaceOrder) -> Result<(), ApiError> {
+    if body.items.is_empty() || body.items.len() > MAX_LINES {
+        return Err(ApiError::validation(
+            "items",
+            format!("an order has 1 to {MAX_LINES} lines"),
+        ));
+    }
+    for (i, l) in body.items.iter().enumerate() {
+        if !(1..=MAX_QUANTITY).contains(&l.quantity) {
+            return Err(ApiError::validation(
+                format!("items[{i}].quantity"),
+                format!("must be 1 to {MAX_QUANTITY}"),
+            ));
+        }
+    }
+    let token = body.payment_token.trim();
+    if token.is_empty() || token.len() > 100 {
+        return Err(ApiError::validation(
+            "payment_token",
+            "must be 1 to 100 characters",
+        ));
+    }
+    Ok(())
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => {
+            let k = v
+                .to_str()
+                .map_err(|_| ApiError::validation("Idempotency-Key", "must be visible ASCII"))?
+                .trim();
+            if k.is_empty() || k.len() > 200 {
+                return Err(ApiError::validation(
+                    "Idempotency-Key",
+                    "must be 1 to 200 characters",
+                ));
+            }
+            Ok(Some(k.to_string()))
+        }
+    }
+}
+
+/// Prices every line from the products service (which serves them through its cache).
+async fn price(
+    state: &AppState,
+    body: &PlaceOrder,
+) -> Result<(Vec<OrderLine>, i64, String), ApiError> {
+    let mut ids: Vec<Uuid> = body.items.iter().map(|l| l.product_id).collect();
+    ids.sort();
+    ids.dedup();
+    let list = ids
+        .iter()
+        .map(Uuid::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let unavailable =
+        |_| ApiError::Unavailable("the products service is unavailable, try again".into());
+    let resp = state
+        .http
+        .get(format!("{}/internal/products", state.products_url))
+        .query(&[("ids", list)])
+        .send()
+        .await
+        .map_err(unavailable)?;
+    if !resp.status().is_success() {
+        return Err(ApiError::Unavailable(format!(
+            "the products service answered {}",
+            resp.status()
+        )));
+    }
+    let priced: Vec<PricedProduct> = resp.json().await.map_err(unavailable)?;
+    let mut lines = Vec::with_capacity(body.items.len());
+    let mut total: i64 = 0;
+    let mut currency: Option<String> = None;
+    for (i, l) in body.items.iter().enumerate() {
+        let p = priced
+            .iter()
+            .find(|p| p.id == l.product_id)
+            .ok_or_else(|| {
+                ApiError::validation(format!("items[{i}].product_id"), "unknown product")
+            })?;
+        if currency.as_ref().is_some_and(|c| *c != p.currency) {
+            return Err(ApiError::validation(
+                "items",
+                "all products of an order must share one currency",
+            ));
+        }
+        currency = Some(p.currency.clone());
+        total = total
+            .checked_add(
+                p.price_cents
+                    .checked_mul(i64::from(l.quantity))
+                    .unwrap_or(i64::MAX),
+            )
+            .ok_or_else(|| ApiError::validation("items", "total too large"))?;
+        lines.push(OrderLine {
+            product_id: l.product_id,
+            quantity: l.quantity,
+            unit_price_cents: p.price_cents,
+        });
+    }
+    Ok((lines, total, currency.unwrap_or_else(|| "EUR".into())))
+}
+
+async fn place(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<PlaceOrder>,
+) -> Result<Response, ApiError> {
+    validate(&body)?;
+    let key = idempotency_key(&headers)?;
+    if let Some(k) = &key {
+        if let Some(id) = store::by_idempotency_key(&state.pool, caller.user_id, k).await? {
+            return accepted(&state, id).await;
+        }
+    }
+    let (lines, total_cents, currency) = price(&state, &body).await?;
+    let order = NewOrder {
+        id: Uuid::now_v7(),
+        user_id: caller.user_id,
+        lines,
+        total_cents,
+        currency,
+        payment_token: body.payment_token.trim().to_string(),
+        idempotency_key: key.clone(),
+        deadline: state.deadline,
+    };
+    if store::insert_order(&state.pool, &order).await? {
+        return accepted(&state, order.id).await;
+    }
+    // The same key raced us: answer with the order that won.
+    let id = store::by_idempotency_key(
+        &state.pool,
+        caller.user_id,
+        key.as_deref().unwrap_or_default(),
+    )
+    .await?
+    .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("idempotent order vanished")))?;
+    accepted(&state, id).await
+}
+
+async fn accepted(state: &AppState, id: Uuid) -> Result<Response, ApiError> {
+    let view = store::view(&state.pool, id, None)
+        .await?
+        .ok_or_else(|| ApiError::not_found("order"))?;
+    let mut resp = (StatusCode::ACCEPTED, Json(view)).into_response();
+    if let Ok(v) = format!("/api/orders/{id}").parse() {
+        resp.headers_mut().insert(axum::http::header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+fn owner_filter(caller: &Caller) -> Option<Uuid> {
+    if caller.is_admin {
+        None
+    } else {
+        Some(caller.user_id)
+    }
+}
+
+async fn get_one(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<OrderView>, ApiError> {
+    // Another user's order and a malformed id look the same as a missing one: 404.
+    let id: Uuid = id.parse().map_err(|_| ApiError::not_found("order"))?;
+    let view = store::view(&state.pool, id, owner_filter(&caller))
+        .await?
+        .ok_or_else(|| ApiError::not_found("order"))?;
+    Ok(Json(view))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+async fn list(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<OrderPage>, ApiError> {
+    let limit: i64 = match q.limit.as_deref() {
+        None => 20,
+        Some(l) => l
+            .parse()
+            .ok()
+            .filter(|l| (1..=100).contains(l))
+            .ok_or_else(|| ApiError::validation("limit", "must be 1 to 100"))?,
+    };
+    let before = match q.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(
+            c.parse::<Uuid>()
+                .map_err(|_| ApiError::validation("cursor", "invalid cursor"))?,
+        ),
+    };
+    let ids = store::page(&state.pool, caller.user_id, before, limit + 1).await?;
+    let more = ids.len() as i64 > limit;
+    let mut items = Vec::new();
+    for id in ids.iter().take(limit as usize) {
+        if let Some(v) = store::view(&state.pool, *id, Some(caller.user_id)).await? {
+            items.push(v);
+        }
+    }
+    let next_cursor = if more {
+        items.last().map(|o| o.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(OrderPage { items, next_cursor }))
+}
+
+/// Server-sent events: the current status at once, then every change, until a terminal one.
+async fn events(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let id: Uuid = id.parse().map_err(|_| ApiError::not_found("order"))?;
+    store::view(&state.pool, id, owner_filter(&caller))
+        .await?
+        .ok_or_else(|| ApiError::not_found("order"))?;
+    let rx = state.changes.subscribe();
+    struct S {
+        state: Arc<AppState>,
+        rx: broadcast::Receiver<Uuid>,
+        last: Option<String>,
+        done: bool,
+        first: bool,
+    }
+    let init = S {
+        state,
+        rx,
+        last: None,
+        done: false,
+        first: true,
+    };
+    let stream = futures::stream::unfold(init, move |mut s| async move {
+        if s.done {
+            return None;
+        }
+        loop {
+            if !s.first {
+                // Wake on a change of this order, or re-check every 2 s (a missed NOTIFY
+                // while the listener reconnected must not leave the stream hanging).
+                let wait = async {
+                    loop {
+                        match s.rx.recv().await {
+                            Ok(changed) if changed == id => return,
+                            Ok(_) => {}
+                            Err(broadcast::error::RecvError::Lagged(_)) => return,
+                            Err(broadcast::error::RecvError::Closed) => {
+                                std::future::pending::<()>().await
+                            }
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(2), wait).await;
+            }
+            s.first = false;
+            let Ok(Some((status, cancel_reason))) = store::status(&s.state.pool, id).await else {
+                continue;
+            };
+            if s.last.as_deref() == Some(status.as_str()) {
+                continue;
+            }
+            s.last = Some(status.clone());
+            s.done = status
+                .parse::<OrderStatus>()
+                .is_ok_and(|st| st.is_terminal());
+            let ev = StatusEvent {
+                order_id: id,
+                status,
+                cancel_reason,
+            };
+            let event = SseEvent::default()
+                .event("status")
+                .json_data(&ev)
+                .unwrap_or_default();
+            return Some((Ok(event), s));
+        }
+    })
+    .boxed();
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}

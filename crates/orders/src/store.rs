@@ -1,0 +1,323 @@
+//! All SQL of the orders service. Every saga transition is one transaction: the order row
+//! (state, version, deadline), its history and the outbox rows of the commands it issues.
+
+use chrono::{DateTime, Utc};
+use shop_platform::{
+    Envelope,
+    events::{
+        OrderCancelled, OrderConfirmed, OrderCreated, OrderLine, PaymentRefundRequested,
+        PaymentRequested, StockReleaseRequested,
+    },
+    outbox,
+};
+use sqlx::{PgConnection, PgPool, Row as _};
+use uuid::Uuid;
+
+use crate::{
+    api::{HistoryEntry, OrderLineView, OrderView},
+    saga::{Command, OrderStatus, SagaState, Transition},
+};
+
+/// NOTIFY channel carrying `order_id` on every status change (for live event streams).
+pub const STATUS_CHANNEL: &str = "orders_status";
+
+/// An order's saga as loaded for a transition.
+pub struct SagaRow {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub total_cents: i64,
+    pub currency: String,
+    pub payment_token: String,
+    pub correlation_id: Uuid,
+    pub version: i64,
+    pub state: SagaState,
+}
+
+/// A new order, priced.
+pub struct NewOrder {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub lines: Vec<OrderLine>,
+    pub total_cents: i64,
+    pub currency: String,
+    pub payment_token: String,
+    pub idempotency_key: Option<String>,
+    pub deadline: std::time::Duration,
+}
+
+/// Stores the order, its first history entry and `order.created` in one transaction.
+/// Returns `false` if the user already has an order with that idempotency key.
+pub async fn insert_order(pool: &PgPool, o: &NewOrder) -> sqlx::Result<bool> {
+    let mut tx = pool.begin().await?;
+    let state = SagaState::new();
+    let inserted = sqlx::query(
+        "INSERT INTO orders (id, user_id, status, total_cents, currency, payment_token, saga, deadline_at, correlation_id, idempotency_key)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8), $1, $9)
+         ON CONFLICT ON CONSTRAINT orders_idempotency DO NOTHING",
+    )
+    .bind(o.id)
+    .bind(o.user_id)
+    .bind(state.status.as_str())
+    .bind(o.total_cents)
+    .bind(&o.currency)
+    .bind(&o.payment_token)
+    .bind(sqlx::types::Json(&state))
+    .bind(o.deadline.as_secs_f64())
+    .bind(&o.idempotency_key)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !inserted {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    for (i, l) in o.lines.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO order_items (order_id, line, product_id, quantity, unit_price_cents) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(o.id)
+        .bind(i as i32)
+        .bind(l.product_id)
+        .bind(l.quantity)
+        .bind(l.unit_price_cents)
+        .execute(&mut *tx)
+        .await?;
+    }
+    history(&mut tx, o.id, state.status).await?;
+    let event = Envelope::new(
+        o.id,
+        &OrderCreated {
+            order_id: o.id,
+            user_id: o.user_id,
+            items: o.lines.clone(),
+            total_cents: o.total_cents,
+            currency: o.currency.clone(),
+        },
+        o.id,
+        o.id,
+    );
+    outbox::enqueue(&mut tx, &event).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+async fn history(tx: &mut PgConnection, id: Uuid, status: OrderStatus) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO order_history (order_id, status) VALUES ($1, $2)")
+        .bind(id)
+        .bind(status.as_str())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(STATUS_CHANNEL)
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+fn saga_row(r: &sqlx::postgres::PgRow) -> sqlx::Result<SagaRow> {
+    let sqlx::types::Json(state): sqlx::types::Json<SagaState> = r.try_get("saga")?;
+    Ok(SagaRow {
+        id: r.try_get("id")?,
+        user_id: r.try_get("user_id")?,
+        total_cents: r.try_get("total_cents")?,
+        currency: r.try_get("currency")?,
+        payment_token: r.try_get("payment_token")?,
+        correlation_id: r.try_get("correlation_id")?,
+        version: r.try_get("version")?,
+        state,
+    })
+}
+
+const SAGA_COLUMNS: &str =
+    "id, user_id, total_cents, currency, payment_token, correlation_id, version, saga";
+
+/// Loads an order's saga, locking the row for the transition.
+pub async fn load_for_update(tx: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<SagaRow>> {
+    let row = sqlx::query(&format!(
+        "SELECT {SAGA_COLUMNS} FROM orders WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    row.as_ref().map(saga_row).transpose()
+}
+
+/// Orders whose deadline has passed, locked (others skip them).
+pub async fn due(tx: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<SagaRow>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {SAGA_COLUMNS} FROM orders WHERE deadline_at <= now() ORDER BY deadline_at LIMIT $1 FOR UPDATE SKIP LOCKED"
+    ))
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    rows.iter().map(saga_row).collect()
+}
+
+/// Applies a transition: state, version, deadline, history, and the outbox rows of its
+/// commands, all on `tx`. Returns false if the row changed since it was read (nothing applied).
+pub async fn apply(
+    tx: &mut PgConnection,
+    row: &SagaRow,
+    t: &Transition,
+    cause: Option<&Envelope>,
+    deadline: std::time::Duration,
+) -> sqlx::Result<bool> {
+    let status_changed = t.state.status != row.state.status;
+    let updated = sqlx::query(
+        "UPDATE orders SET status = $2, cancel_reason = $3, saga = $4, version = version + 1,
+             deadline_at = CASE WHEN $5 THEN now() + make_interval(secs => $6) ELSE NULL END, updated_at = now()
+         WHERE id = $1 AND version = $7",
+    )
+    .bind(row.id)
+    .bind(t.state.status.as_str())
+    .bind(t.state.cancel_reason.map(|r| r.as_str()))
+    .bind(sqlx::types::Json(&t.state))
+    .bind(t.deadline.is_some())
+    .bind(deadline.as_secs_f64())
+    .bind(row.version)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if updated != 1 {
+        return Ok(false);
+    }
+    if status_changed {
+        history(tx, row.id, t.state.status).await?;
+    }
+    for command in &t.commands {
+        let event = command_event(row, command, cause);
+        outbox::enqueue(tx, &event).await?;
+    }
+    Ok(true)
+}
+
+/// The event a saga command publishes.
+fn command_event(row: &SagaRow, command: &Command, cause: Option<&Envelope>) -> Envelope {
+    let id = row.id;
+    macro_rules! emit {
+        ($payload:expr) => {
+            match cause {
+                Some(c) => c.caused(id, &$payload),
+                None => Envelope::new(id, &$payload, row.correlation_id, row.correlation_id),
+            }
+        };
+    }
+    match command {
+        Command::RequestPayment => emit!(PaymentRequested {
+            order_id: id,
+            user_id: row.user_id,
+            amount_cents: row.total_cents,
+            currency: row.currency.clone(),
+            payment_token: row.payment_token.clone(),
+        }),
+        Command::ReleaseStock => emit!(StockReleaseRequested { order_id: id }),
+        Command::RequestRefund { payment_id } => emit!(PaymentRefundRequested {
+            order_id: id,
+            payment_id: *payment_id
+        }),
+        Command::Confirm => emit!(OrderConfirmed {
+            order_id: id,
+            user_id: row.user_id,
+            total_cents: row.total_cents
+        }),
+        Command::Cancel(reason) => {
+            emit!(OrderCancelled {
+                order_id: id,
+                user_id: row.user_id,
+                reason: reason.as_str().to_string()
+            })
+        }
+    }
+}
+
+/// The order as its owner sees it (None if it is not theirs or does not exist).
+pub async fn view(pool: &PgPool, id: Uuid, owner: Option<Uuid>) -> sqlx::Result<Option<OrderView>> {
+    let Some(r) = sqlx::query(
+        "SELECT id, user_id, status, cancel_reason, total_cents, currency, created_at, updated_at FROM orders WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?
+    else {
+        return Ok(None);
+    };
+    if owner.is_some_and(|o| o != r.try_get::<Uuid, _>("user_id").unwrap_or_default()) {
+        return Ok(None);
+    }
+    let items = sqlx::query_as::<_, (Uuid, i32, i64)>(
+        "SELECT product_id, quantity, unit_price_cents FROM order_items WHERE order_id = $1 ORDER BY line",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|(product_id, quantity, unit_price_cents)| OrderLineView { product_id, quantity, unit_price_cents })
+    .collect();
+    let history = sqlx::query_as::<_, (String, DateTime<Utc>)>(
+        "SELECT status, at FROM order_history WHERE order_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|(status, at)| HistoryEntry { status, at })
+    .collect();
+    Ok(Some(OrderView {
+        id,
+        status: r.try_get("status")?,
+        cancel_reason: r.try_get("cancel_reason")?,
+        items,
+        total_cents: r.try_get("total_cents")?,
+        currency: r.try_get("currency")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        history,
+    }))
+}
+
+/// The id of a user's order with that idempotency key.
+pub async fn by_idempotency_key(
+    pool: &PgPool,
+    user_id: Uuid,
+    key: &str,
+) -> sqlx::Result<Option<Uuid>> {
+    sqlx::query_scalar("SELECT id FROM orders WHERE user_id = $1 AND idempotency_key = $2")
+        .bind(user_id)
+        .bind(key)
+        .fetch_optional(pool)
+        .await
+}
+
+/// A page of a user's orders, newest first (ids are time-ordered uuid v7).
+pub async fn page(
+    pool: &PgPool,
+    user_id: Uuid,
+    before: Option<Uuid>,
+    limit: i64,
+) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "SELECT id FROM orders WHERE user_id = $1 AND ($2::uuid IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+    )
+    .bind(user_id)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Status and cancel reason of an order.
+pub async fn status(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<(String, Option<String>)>> {
+    sqlx::query_as("SELECT status, cancel_reason FROM orders WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// One line per order for the invariant audit: (id, status, cancel reason, total).
+pub async fn report(pool: &PgPool) -> sqlx::Result<Vec<(Uuid, String, Option<String>, i64)>> {
+    sqlx::query_as("SELECT id, status, cancel_reason, total_cents FROM orders ORDER BY id")
+        .fetch_all(pool)
+        .await
+}

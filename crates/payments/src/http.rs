@@ -1,0 +1,28 @@
+//! Payments' routes. Internal only: the gateway does not expose them.
+
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    routing::get,
+};
+use shop_platform::http::ApiError;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{api::PaymentView, store};
+
+pub fn router(pool: PgPool) -> Router {
+    Router::new()
+        .route("/internal/payments/{order_id}", get(get_payment))
+        .with_state(pool)
+}
+
+async fn get_payment(
+    State(pool): State<PgPool>,
+    Path(order_id): Path<Uuid>,
+) -> Result<Json<PaymentView>, ApiError> {
+    let payment = store::by_order(&pool, order_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("payment"))?;
+    Ok(Json(payment.into()))
+}

@@ -1,0 +1,442 @@
+//! The payments service against the real servers: requests in through RabbitMQ, payments
+//! read from its table, outbox and internal HTTP route.
+
+use std::{sync::Arc, time::Duration};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use shop_payments::{Payments, money_report};
+use shop_platform::{
+    Envelope, Event,
+    amqp::Broker,
+    bus::Publisher,
+    dlq,
+    events::{PaymentRefundRequested, PaymentRequested},
+    service::Running,
+    testkit::{TestEnv, eventually},
+};
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Svc {
+    env: TestEnv,
+    running: Running,
+    broker: Arc<Broker>,
+    http: reqwest::Client,
+}
+
+impl Svc {
+    async fn start() -> Svc {
+        Svc::start_with(|_| {}).await
+    }
+
+    async fn start_with(tweak: impl FnOnce(&mut shop_platform::config::Config)) -> Svc {
+        let env = TestEnv::new("payments", tweak).await;
+        let running = env.start(Arc::new(Payments)).await;
+        let broker = env.broker().await;
+        Svc {
+            env,
+            running,
+            broker,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn publish(&self, event: &Envelope) {
+        self.broker.publish(event).await.expect("published");
+    }
+
+    /// Envelopes payments emitted about `order_id`, oldest first.
+    async fn emitted(&self, order_id: Uuid) -> Vec<Envelope> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT body FROM outbox WHERE (body::jsonb ->> 'aggregate_id')::uuid = $1 ORDER BY id",
+        )
+        .bind(order_id)
+        .fetch_all(&self.env.pool)
+        .await
+        .unwrap();
+        rows.iter()
+            .map(|b| serde_json::from_str(b).unwrap())
+            .collect()
+    }
+
+    async fn wait_emitted(&self, order_id: Uuid, n: usize) -> Vec<Envelope> {
+        eventually(&format!("{n} events about {order_id}"), WAIT, || async {
+            self.emitted(order_id).await.len() >= n
+        })
+        .await;
+        self.emitted(order_id).await
+    }
+
+    /// (payment id, status, decline code) of every payment of the order.
+    async fn payments(&self, order_id: Uuid) -> Vec<(Uuid, String, Option<String>)> {
+        sqlx::query_as("SELECT id, status, decline_code FROM payments WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_all(&self.env.pool)
+            .await
+            .unwrap()
+    }
+
+    async fn status(&self, order_id: Uuid) -> Option<String> {
+        self.payments(order_id).await.first().map(|p| p.1.clone())
+    }
+
+    /// A per-event-type counter of the program's `/metrics`.
+    async fn metric(&self, name: &str, event_type: &str) -> u64 {
+        let url = format!("http://{}/metrics", self.running.addr);
+        let text = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let (prefix, label) = (format!("{name}{{"), format!("event_type=\"{event_type}\""));
+        text.lines()
+            .filter(|l| l.starts_with(&prefix) && l.contains(&label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    async fn wait_handled(&self, event_type: &str, n: u64) {
+        eventually(&format!("{n} {event_type} handled"), WAIT, || async {
+            self.metric("shop_messages_consumed_total", event_type)
+                .await
+                + self
+                    .metric("shop_messages_duplicate_total", event_type)
+                    .await
+                >= n
+        })
+        .await;
+    }
+
+    async fn stop(self) {
+        self.running.stop().await.unwrap();
+        self.broker.close().await;
+    }
+}
+
+fn requested(order_id: Uuid, amount_cents: i64, token: &str) -> Envelope {
+    let p = PaymentRequested {
+        order_id,
+        user_id: Uuid::now_v7(),
+        amount_cents,
+        currency: "EUR".into(),
+        payment_token: token.into(),
+    };
+    // The saga's correlation id is the order id; each request is a new event.
+    Envelope::new(order_id, &p, order_id, Uuid::now_v7())
+}
+
+fn refund_requested(order_id: Uuid, payment_id: Uuid) -> Envelope {
+    Envelope::new(
+        order_id,
+        &PaymentRefundRequested {
+            order_id,
+            payment_id,
+        },
+        order_id,
+        Uuid::now_v7(),
+    )
+}
+
+fn kinds(events: &[Envelope]) -> Vec<&str> {
+    events.iter().map(|e| e.event_type.as_str()).collect()
+}
+
+#[tokio::test]
+async fn an_ordinary_token_is_captured() {
+    let svc = Svc::start().await;
+    let order = Uuid::now_v7();
+    let request = requested(order, 4_250, "tok_visa");
+    svc.publish(&request).await;
+
+    let events = svc.wait_emitted(order, 1).await;
+    let payments = svc.payments(order).await;
+    assert_eq!(payments.len(), 1);
+    let (payment_id, status, code) = payments[0].clone();
+    assert_eq!((status.as_str(), code), ("captured", None));
+    assert_eq!(kinds(&events), ["payment.succeeded"]);
+    assert_eq!(
+        events[0].payload,
+        json!({"order_id": order, "payment_id": payment_id, "amount_cents": 4_250})
+    );
+    assert_eq!(
+        (events[0].correlation_id, events[0].causation_id),
+        (request.correlation_id, request.id)
+    );
+
+    let resp = svc
+        .http
+        .get(format!(
+            "http://{}/internal/payments/{order}",
+            svc.running.addr
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["id"], json!(payment_id));
+    assert_eq!(body["status"], "captured");
+    assert_eq!(body["amount_cents"], 4_250);
+    assert!(body["captured_at"].is_string());
+    let resp = svc
+        .http
+        .get(format!(
+            "http://{}/internal/payments/{}",
+            svc.running.addr,
+            Uuid::now_v7()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+
+    assert_eq!(
+        money_report(&svc.env.pool).await.unwrap(),
+        [(order, "captured".to_string(), 4_250)]
+    );
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn the_decline_token_is_declined() {
+    let svc = Svc::start().await;
+    let order = Uuid::now_v7();
+    svc.publish(&requested(order, 999, "tok_decline")).await;
+
+    let events = svc.wait_emitted(order, 1).await;
+    assert_eq!(kinds(&events), ["payment.failed"]);
+    assert_eq!(
+        events[0].payload,
+        json!({"order_id": order, "reason": "card_declined"})
+    );
+    let payments = svc.payments(order).await;
+    assert_eq!(payments.len(), 1);
+    assert_eq!(
+        (payments[0].1.as_str(), payments[0].2.as_deref()),
+        ("declined", Some("card_declined"))
+    );
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn a_repeated_request_charges_once_and_answers_with_the_first_result() {
+    let svc = Svc::start().await;
+    let (paid, declined) = (Uuid::now_v7(), Uuid::now_v7());
+    svc.publish(&requested(paid, 1_000, "tok_visa")).await;
+    svc.publish(&requested(declined, 1_000, "tok_decline"))
+        .await;
+    svc.wait_emitted(paid, 1).await;
+    svc.wait_emitted(declined, 1).await;
+
+    // The orchestrator asks again with new event ids, several at once; a different token
+    // does not change the first result.
+    // A third order's first request arrives five times at once.
+    let racing = Uuid::now_v7();
+    let copies: Vec<Envelope> = (0..4)
+        .flat_map(|_| {
+            [
+                requested(paid, 1_000, "tok_decline"),
+                requested(declined, 1_000, "tok_visa"),
+            ]
+        })
+        .chain((0..5).map(|_| requested(racing, 1_000, "tok_visa")))
+        .collect();
+    svc.broker
+        .publish_batch(&copies)
+        .await
+        .into_iter()
+        .for_each(|r| r.unwrap());
+
+    let events = svc.wait_emitted(paid, 5).await;
+    let payment_id = svc.payments(paid).await[0].0;
+    assert_eq!(svc.payments(paid).await.len(), 1, "one payment per order");
+    assert!(events.iter().all(|e| e.event_type == "payment.succeeded"
+        && e.payload
+            == json!({"order_id": paid, "payment_id": payment_id, "amount_cents": 1_000})));
+    let events = svc.wait_emitted(declined, 5).await;
+    assert_eq!(svc.payments(declined).await.len(), 1);
+    assert!(events.iter().all(|e| e.event_type == "payment.failed"
+        && e.payload == json!({"order_id": declined, "reason": "card_declined"})));
+    let events = svc.wait_emitted(racing, 5).await;
+    let payments = svc.payments(racing).await;
+    assert_eq!(
+        payments.len(),
+        1,
+        "one payment per order under concurrent requests"
+    );
+    assert!(events.iter().all(|e| e.event_type == "payment.succeeded"
+        && e.payload
+            == json!({"order_id": racing, "payment_id": payments[0].0, "amount_cents": 1_000})));
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn the_timeout_token_stays_pending_until_the_capturer_settles_it_after_the_deadline() {
+    // tok_timeout answers after the saga deadline + 2 s: 2.3 s here.
+    let svc = Svc::start_with(|c| c.saga_deadline_ms = 300).await;
+    let order = Uuid::now_v7();
+    let request = requested(order, 7_000, "tok_timeout");
+    svc.publish(&request).await;
+
+    eventually("the payment is pending", WAIT, || async {
+        svc.status(order).await.as_deref() == Some("pending")
+    })
+    .await;
+    assert!(
+        svc.emitted(order).await.is_empty(),
+        "no answer before the provider's"
+    );
+    // Asked again meanwhile: still pending, no answer, no second charge.
+    svc.publish(&requested(order, 7_000, "tok_timeout")).await;
+    svc.wait_handled(PaymentRequested::TYPE, 2).await;
+    assert!(svc.emitted(order).await.is_empty());
+    assert_eq!(svc.status(order).await.as_deref(), Some("pending"));
+
+    let events = svc.wait_emitted(order, 1).await;
+    assert_eq!(svc.status(order).await.as_deref(), Some("captured"));
+    let payment_id = svc.payments(order).await[0].0;
+    assert_eq!(kinds(&events), ["payment.succeeded"]);
+    assert_eq!(
+        events[0].payload,
+        json!({"order_id": order, "payment_id": payment_id, "amount_cents": 7_000})
+    );
+    assert_eq!(
+        (events[0].correlation_id, events[0].causation_id),
+        (request.correlation_id, request.id),
+        "the late answer continues the request's saga"
+    );
+    let (created, captured): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as("SELECT created_at, captured_at FROM payments WHERE order_id = $1")
+            .bind(order)
+            .fetch_one(&svc.env.pool)
+            .await
+            .unwrap();
+    assert!(
+        captured - created >= chrono::Duration::milliseconds(2_300),
+        "captured after the provider's delay"
+    );
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn a_refund_returns_the_money_once() {
+    let svc = Svc::start().await;
+    let order = Uuid::now_v7();
+    svc.publish(&requested(order, 2_500, "tok_visa")).await;
+    svc.wait_emitted(order, 1).await;
+    let payment_id = svc.payments(order).await[0].0;
+
+    svc.publish(&refund_requested(order, payment_id)).await;
+    let events = svc.wait_emitted(order, 2).await;
+    assert_eq!(kinds(&events), ["payment.succeeded", "payment.refunded"]);
+    assert_eq!(
+        events[1].payload,
+        json!({"order_id": order, "payment_id": payment_id, "amount_cents": 2_500})
+    );
+    assert_eq!(svc.status(order).await.as_deref(), Some("refunded"));
+    let first_refund: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT refunded_at FROM payments WHERE order_id = $1")
+            .bind(order)
+            .fetch_one(&svc.env.pool)
+            .await
+            .unwrap();
+    assert!(first_refund.is_some());
+
+    // Retried by the orchestrator: announced again, no money moves again.
+    svc.publish(&refund_requested(order, payment_id)).await;
+    let events = svc.wait_emitted(order, 3).await;
+    assert_eq!(
+        kinds(&events),
+        ["payment.succeeded", "payment.refunded", "payment.refunded"]
+    );
+    assert_eq!(events[2].payload, events[1].payload);
+    let again: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT refunded_at FROM payments WHERE order_id = $1")
+            .bind(order)
+            .fetch_one(&svc.env.pool)
+            .await
+            .unwrap();
+    assert_eq!(again, first_refund, "refunded once");
+
+    // A payment request after the refund never announces a success again.
+    svc.publish(&requested(order, 2_500, "tok_visa")).await;
+    svc.wait_handled(PaymentRequested::TYPE, 2).await;
+    assert_eq!(svc.emitted(order).await.len(), 3);
+    assert_eq!(
+        money_report(&svc.env.pool).await.unwrap(),
+        [(order, "refunded".to_string(), 2_500)]
+    );
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn a_refund_of_a_pending_payment_waits_for_its_capture() {
+    let svc = Svc::start_with(|c| {
+        c.saga_deadline_ms = 300;
+        c.retry_delays_ms = vec![500, 1_000, 2_000, 4_000, 8_000];
+    })
+    .await;
+    let order = Uuid::now_v7();
+    svc.publish(&requested(order, 300, "tok_timeout")).await;
+    eventually("the payment is pending", WAIT, || async {
+        svc.status(order).await.as_deref() == Some("pending")
+    })
+    .await;
+    let payment_id = svc.payments(order).await[0].0;
+
+    svc.publish(&refund_requested(order, payment_id)).await;
+    eventually("the refund is retried", WAIT, || async {
+        svc.metric("shop_messages_retried_total", PaymentRefundRequested::TYPE)
+            .await
+            >= 1
+    })
+    .await;
+    let events = svc.wait_emitted(order, 2).await;
+    assert_eq!(kinds(&events), ["payment.succeeded", "payment.refunded"]);
+    assert_eq!(svc.status(order).await.as_deref(), Some("refunded"));
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn impossible_refunds_are_dead_lettered_with_a_reason() {
+    let svc = Svc::start().await;
+    let unknown = Uuid::now_v7();
+    svc.publish(&refund_requested(unknown, Uuid::now_v7()))
+        .await;
+    let declined = Uuid::now_v7();
+    svc.publish(&requested(declined, 100, "tok_decline")).await;
+    svc.wait_emitted(declined, 1).await;
+    let payment_id = svc.payments(declined).await[0].0;
+    svc.publish(&refund_requested(declined, payment_id)).await;
+
+    let broker = svc.broker.clone();
+    eventually("both are parked", WAIT, || async {
+        dlq::list(&broker, Some("payments")).await.unwrap().len() == 2
+    })
+    .await;
+    let reasons: Vec<String> = dlq::list(&broker, Some("payments"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.reason)
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains(&format!("no payment for order {unknown}"))),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("nothing to refund")),
+        "{reasons:?}"
+    );
+    assert_eq!(svc.status(declined).await.as_deref(), Some("declined"));
+    assert_eq!(svc.emitted(declined).await.len(), 1);
+    svc.stop().await;
+}

@@ -1,0 +1,87 @@
+//! The products service's request and response bodies. The gateway builds `/openapi.json`
+//! from these types (and from [`crate::openapi`]), so they are the contract: request bodies
+//! reject unknown fields, money is integer cents, times are RFC 3339.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// A product of the catalogue. Also the JSON kept in the Redis cache.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+pub struct Product {
+    pub id: Uuid,
+    #[schema(example = "MUG-001")]
+    pub sku: String,
+    #[schema(example = "Coffee mug")]
+    pub name: String,
+    pub description: String,
+    /// Unit price in cents of `currency`.
+    #[schema(example = 1299)]
+    pub price_cents: i64,
+    /// ISO 4217 code.
+    #[schema(example = "EUR")]
+    pub currency: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One page of the catalogue, oldest first.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+pub struct ProductPage {
+    pub items: Vec<Product>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// `POST /api/products` (administrators).
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProduct {
+    /// 1 to 64 characters of letters, digits, `-` and `_`; unique.
+    #[schema(example = "MUG-001")]
+    pub sku: String,
+    /// 1 to 200 characters.
+    #[schema(example = "Coffee mug")]
+    pub name: String,
+    /// At most 2000 characters.
+    #[serde(default)]
+    pub description: String,
+    /// 0 to 100000000.
+    #[schema(example = 1299)]
+    pub price_cents: i64,
+    /// Units in stock at creation (0 to 1000000), passed on to the inventory service.
+    #[serde(default)]
+    #[schema(example = 100)]
+    pub initial_stock: i64,
+}
+
+/// `PATCH /api/products/{id}` (administrators): at least one field.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProduct {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub price_cents: Option<i64>,
+}
+
+/// What the orders service needs to price an order line
+/// (`GET /internal/products?ids=...`, not part of the public API).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+pub struct ProductPrice {
+    pub id: Uuid,
+    pub name: String,
+    pub price_cents: i64,
+    pub currency: String,
+}
+
+impl From<&Product> for ProductPrice {
+    fn from(p: &Product) -> Self {
+        ProductPrice {
+            id: p.id,
+            name: p.name.clone(),
+            price_cents: p.price_cents,
+            currency: p.currency.clone(),
+        }
+    }
+}

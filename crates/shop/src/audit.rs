@@ -1,0 +1,262 @@
+//! `shop audit`: checks the invariants of DESIGN.md across every service's data and the
+//! broker, once the system is quiet.
+//!
+//! 1. every order is CONFIRMED or CANCELLED (none stuck);
+//! 2. stock is conserved per product: initial + adjustments = available + reserved + sold,
+//!    never negative, nothing left reserved, and sold = the confirmed orders' quantities;
+//! 3. money: one capture per confirmed order for its exact total; a cancelled order's net
+//!    (captured minus refunded) is zero;
+//! 4. exactly one order notification per terminal order;
+//! 5. every outbox row published, work queues drained, every dead letter listed with its reason.
+
+use std::collections::HashMap;
+
+use anyhow::Context as _;
+use serde::Serialize;
+use shop_platform::{amqp::Broker, config::Config, dlq, topology};
+use sqlx::{Connection as _, PgConnection};
+use uuid::Uuid;
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub orders: i64,
+    pub confirmed: i64,
+    pub cancelled: i64,
+    pub stuck: i64,
+    pub products: i64,
+    pub captured_cents: i64,
+    pub refunded_cents: i64,
+    pub notifications: i64,
+    pub outbox_unsent: i64,
+    pub queued_messages: u64,
+    pub dead_letters: Vec<String>,
+    pub violations: Vec<String>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    /// The human table.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let row = |s: &mut String, k: &str, v: String| s.push_str(&format!("{k:<34} {v:>12}\n"));
+        row(&mut s, "orders", self.orders.to_string());
+        row(&mut s, "  confirmed", self.confirmed.to_string());
+        row(&mut s, "  cancelled", self.cancelled.to_string());
+        row(&mut s, "  not terminal (stuck)", self.stuck.to_string());
+        row(&mut s, "products checked", self.products.to_string());
+        row(
+            &mut s,
+            "money captured (cents)",
+            self.captured_cents.to_string(),
+        );
+        row(
+            &mut s,
+            "money refunded (cents)",
+            self.refunded_cents.to_string(),
+        );
+        row(
+            &mut s,
+            "order notifications",
+            self.notifications.to_string(),
+        );
+        row(&mut s, "outbox rows unsent", self.outbox_unsent.to_string());
+        row(
+            &mut s,
+            "messages waiting in work queues",
+            self.queued_messages.to_string(),
+        );
+        row(&mut s, "dead letters", self.dead_letters.len().to_string());
+        for d in &self.dead_letters {
+            s.push_str(&format!("  {d}\n"));
+        }
+        row(&mut s, "violations", self.violations.len().to_string());
+        for v in &self.violations {
+            s.push_str(&format!("  VIOLATION: {v}\n"));
+        }
+        s
+    }
+}
+
+async fn scalar(conn: &mut PgConnection, sql: &str) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar::<_, i64>(sql)
+        .fetch_one(conn)
+        .await
+        .with_context(|| sql.to_string())?)
+}
+
+/// Runs every check. `broker` adds the queue checks (pass `None` to check the databases only).
+pub async fn run(config: &Config, broker: Option<&Broker>) -> anyhow::Result<Report> {
+    let mut conn = PgConnection::connect(&config.database_url)
+        .await
+        .context("connecting to PostgreSQL")?;
+    let mut r = Report::default();
+
+    // 1. orders
+    let orders: Vec<(Uuid, String, Option<String>, i64)> =
+        sqlx::query_as("SELECT id, status, cancel_reason, total_cents FROM orders.orders")
+            .fetch_all(&mut conn)
+            .await?;
+    r.orders = orders.len() as i64;
+    for (id, status, reason, _) in &orders {
+        match status.as_str() {
+            "CONFIRMED" => r.confirmed += 1,
+            "CANCELLED" => {
+                r.cancelled += 1;
+                if reason.is_none() {
+                    r.violations
+                        .push(format!("order {id} is CANCELLED without a reason"));
+                }
+            }
+            other => {
+                r.stuck += 1;
+                r.violations.push(format!("order {id} is stuck in {other}"));
+            }
+        }
+    }
+
+    // 2. stock
+    let stock: Vec<(Uuid, i64, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT product_id, initial, adjusted, available, reserved, sold FROM inventory.stock",
+    )
+    .fetch_all(&mut conn)
+    .await?;
+    let sold_by_orders: HashMap<Uuid, i64> = sqlx::query_as::<_, (Uuid, i64)>(
+        "SELECT i.product_id, sum(i.quantity)::int8 FROM orders.order_items i JOIN orders.orders o ON o.id = i.order_id
+         WHERE o.status = 'CONFIRMED' GROUP BY i.product_id",
+    )
+    .fetch_all(&mut conn)
+    .await?
+    .into_iter()
+    .collect();
+    r.products = stock.len() as i64;
+    for (p, initial, adjusted, available, reserved, sold) in &stock {
+        if initial + adjusted != available + reserved + sold {
+            r.violations.push(format!(
+                "product {p}: initial {initial} + adjusted {adjusted} != available {available} + reserved {reserved} + sold {sold}"
+            ));
+        }
+        if *available < 0 || *reserved < 0 || *sold < 0 {
+            r.violations.push(format!(
+                "product {p}: negative stock ({available}/{reserved}/{sold})"
+            ));
+        }
+        if r.stuck == 0 && *reserved != 0 {
+            r.violations.push(format!(
+                "product {p}: {reserved} still reserved although every order is terminal"
+            ));
+        }
+        let expected = sold_by_orders.get(p).copied().unwrap_or(0);
+        if *sold != expected {
+            r.violations.push(format!(
+                "product {p}: sold {sold} but confirmed orders hold {expected}"
+            ));
+        }
+    }
+
+    // 3. money
+    let payments: HashMap<Uuid, (String, i64)> = sqlx::query_as::<_, (Uuid, String, i64)>(
+        "SELECT order_id, status, amount_cents FROM payments.payments",
+    )
+    .fetch_all(&mut conn)
+    .await?
+    .into_iter()
+    .map(|(o, s, a)| (o, (s, a)))
+    .collect();
+    for (id, status, _, total) in &orders {
+        let p = payments.get(id);
+        match (status.as_str(), p) {
+            ("CONFIRMED", Some((s, amount))) if s == "captured" && amount == total => r.captured_cents += amount,
+            ("CONFIRMED", other) => {
+                r.violations.push(format!("confirmed order {id} (total {total}) has payment {other:?}, not one capture of its total"))
+            }
+            ("CANCELLED", None) => {}
+            ("CANCELLED", Some((s, amount))) => match s.as_str() {
+                "declined" => {}
+                "refunded" => {
+                    r.captured_cents += amount;
+                    r.refunded_cents += amount;
+                }
+                other => r.violations.push(format!("cancelled order {id} has a {other} payment of {amount}: net not zero")),
+            },
+            _ => {}
+        }
+    }
+
+    // 4. notifications
+    let notes: HashMap<Uuid, i64> = sqlx::query_as::<_, (Uuid, i64)>(
+        "SELECT order_id, count(*) FROM notifications.notifications WHERE order_id IS NOT NULL GROUP BY order_id",
+    )
+    .fetch_all(&mut conn)
+    .await?
+    .into_iter()
+    .collect();
+    for (id, status, _, _) in &orders {
+        if status == "CONFIRMED" || status == "CANCELLED" {
+            let n = notes.get(id).copied().unwrap_or(0);
+            r.notifications += n;
+            if n != 1 {
+                r.violations.push(format!(
+                    "order {id} ({status}) has {n} notifications, not 1"
+                ));
+            }
+        }
+    }
+
+    // 5. outboxes and queues
+    for schema in [
+        "users",
+        "products",
+        "inventory",
+        "orders",
+        "payments",
+        "notifications",
+    ] {
+        let exists = scalar(&mut conn, &format!("SELECT count(*) FROM information_schema.tables WHERE table_schema = '{schema}' AND table_name = 'outbox'")).await?;
+        if exists == 1 {
+            let unsent = scalar(
+                &mut conn,
+                &format!("SELECT count(*) FROM {schema}.outbox WHERE sent_at IS NULL"),
+            )
+            .await?;
+            if unsent > 0 {
+                r.violations
+                    .push(format!("{unsent} {schema} outbox rows not published"));
+            }
+            r.outbox_unsent += unsent;
+        }
+    }
+    if let Some(broker) = broker {
+        let ch = broker.channel().await?;
+        for svc in topology::consuming_services() {
+            let q = ch
+                .queue_declare(
+                    broker.names().queue(svc).as_str().into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    Default::default(),
+                )
+                .await?;
+            if q.message_count() > 0 {
+                r.violations.push(format!(
+                    "{} messages still waiting in {svc}'s queue",
+                    q.message_count()
+                ));
+            }
+            r.queued_messages += u64::from(q.message_count());
+        }
+        let _ = ch.close(200, "audit".into()).await;
+        for d in dlq::list(broker, None).await? {
+            r.dead_letters.push(format!(
+                "{} {} {} ({} attempts): {}",
+                d.service, d.event_type, d.message_id, d.attempts, d.reason
+            ));
+        }
+    }
+    conn.close().await?;
+    Ok(r)
+}

@@ -1,0 +1,1 @@
+//! Users, products and the gateway.

@@ -1,0 +1,399 @@
+//! A whole shop for one test: every program as its own `shop run` process, on free ports, with
+//! its own database, exchange/queue namespace and Redis key prefix, all removed afterwards.
+
+use std::{
+    collections::HashMap,
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{Value, json};
+use shop_platform::{
+    amqp::{Broker, BrokerConfig},
+    config::Config,
+    db,
+    metrics::Metrics,
+    testkit::{delete_redis_keys, delete_topology, eventually},
+};
+use uuid::Uuid;
+
+pub const PROGRAMS: &[&str] = &[
+    "users",
+    "products",
+    "inventory",
+    "orders",
+    "payments",
+    "notifications",
+    "gateway",
+];
+pub const ADMIN_EMAIL: &str = "admin@shop.test";
+pub const ADMIN_PASSWORD: &str = "admin-password-123";
+
+pub struct Cluster {
+    pub config: Config,
+    pub base: String,
+    pub http: Client,
+    pub log_dir: PathBuf,
+    env: Vec<(String, String)>,
+    children: HashMap<&'static str, Child>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Cluster {
+    /// Starts every program with the given extra environment and waits until the gateway
+    /// reports all of them ready.
+    pub async fn start(extra: &[(&str, &str)]) -> Cluster {
+        let id = Uuid::new_v4().simple().to_string();
+        let ns = format!("e{}_", &id[..12]);
+        let db_url = format!(
+            "postgres://postgres@127.0.0.1:5432/shop_{}",
+            &ns[..ns.len() - 1]
+        );
+        let mut env: Vec<(String, String)> = vec![
+            ("SHOP_NAMESPACE".into(), ns.clone()),
+            ("SHOP_DATABASE_URL".into(), db_url.clone()),
+            ("SHOP_ADMIN_EMAIL".into(), ADMIN_EMAIL.into()),
+            ("SHOP_ADMIN_PASSWORD".into(), ADMIN_PASSWORD.into()),
+            ("SHOP_RETRY_DELAYS_MS".into(), "200,500".into()),
+            ("SHOP_LOG".into(), "info,sqlx=warn,lapin=warn".into()),
+        ];
+        for p in PROGRAMS {
+            env.push((
+                format!("SHOP_{}_PORT", p.to_uppercase()),
+                free_port().to_string(),
+            ));
+        }
+        for (k, v) in extra {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        let mut config = Config::defaults();
+        config.namespace = ns.clone();
+        config.database_url = db_url;
+        let gateway_port = env
+            .iter()
+            .find(|(k, _)| k == "SHOP_GATEWAY_PORT")
+            .unwrap()
+            .1
+            .clone();
+        // Create the database once, before seven processes race to.
+        db::ensure_database(&config.database_url).await.unwrap();
+        let log_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("e2e-logs")
+            .join(&ns);
+        std::fs::create_dir_all(&log_dir).unwrap();
+        let mut cluster = Cluster {
+            config,
+            base: format!("http://127.0.0.1:{gateway_port}"),
+            http: Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            log_dir,
+            env,
+            children: HashMap::new(),
+        };
+        for p in PROGRAMS {
+            cluster.spawn(p);
+        }
+        cluster.wait_ready(Duration::from_secs(90)).await;
+        cluster
+    }
+
+    /// Starts (or restarts) one program.
+    pub fn spawn(&mut self, program: &'static str) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_dir.join(format!("{program}.log")))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_shop"))
+            .args(["run", program])
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn shop");
+        self.children.insert(program, child);
+    }
+
+    /// Kills one program hard (SIGKILL).
+    pub fn kill(&mut self, program: &str) {
+        if let Some(mut c) = self.children.remove(program) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops one program with SIGTERM and returns its exit status.
+    pub fn terminate(&mut self, program: &str) -> std::process::ExitStatus {
+        let mut c = self.children.remove(program).expect("running");
+        unsafe_free_sigterm(c.id());
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{program} did not stop within 30 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn port(&self, program: &str) -> u16 {
+        let key = format!("SHOP_{}_PORT", program.to_uppercase());
+        self.env
+            .iter()
+            .find(|(k, _)| *k == key)
+            .unwrap()
+            .1
+            .parse()
+            .unwrap()
+    }
+
+    pub async fn wait_ready(&self, deadline: Duration) {
+        let url = format!("{}/health/ready", self.base);
+        let http = self.http.clone();
+        eventually("every program is ready", deadline, || {
+            let http = http.clone();
+            let url = url.clone();
+            async move {
+                http.get(&url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == StatusCode::OK)
+            }
+        })
+        .await;
+    }
+
+    /// Every log line the programs wrote so far.
+    pub fn logs(&self) -> String {
+        let mut all = String::new();
+        for p in PROGRAMS {
+            all.push_str(
+                &std::fs::read_to_string(self.log_dir.join(format!("{p}.log"))).unwrap_or_default(),
+            );
+        }
+        all
+    }
+
+    pub async fn broker(&self) -> std::sync::Arc<Broker> {
+        Broker::connect(
+            BrokerConfig::for_tools(&self.config, "e2e-test"),
+            std::sync::Arc::new(Metrics::new("e2e")),
+        )
+        .await
+        .unwrap()
+    }
+
+    // ---- typed API helpers ----
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("gateway answers");
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn register(&self, email: &str, password: &str) -> (StatusCode, Value) {
+        self.call(
+            Method::POST,
+            "/api/auth/register",
+            None,
+            Some(json!({"email": email, "password": password, "name": "Test User"})),
+        )
+        .await
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        let (s, body) = self
+            .call(
+                Method::POST,
+                "/api/auth/login",
+                None,
+                Some(json!({"email": email, "password": password})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        body["token"].as_str().unwrap().to_string()
+    }
+
+    /// A new user, logged in: (token, user id).
+    pub async fn user(&self) -> (String, Uuid) {
+        let email = format!("u{}@shop.test", &Uuid::new_v4().simple().to_string()[..10]);
+        let (s, body) = self.register(&email, "correct-horse-battery").await;
+        assert_eq!(s, StatusCode::CREATED, "{body}");
+        (
+            self.login(&email, "correct-horse-battery").await,
+            body["id"].as_str().unwrap().parse().unwrap(),
+        )
+    }
+
+    pub async fn admin(&self) -> String {
+        self.login(ADMIN_EMAIL, ADMIN_PASSWORD).await
+    }
+
+    /// Creates a product with stock and waits until inventory knows it.
+    pub async fn product(&self, admin: &str, price_cents: i64, stock: i64) -> Uuid {
+        let sku = format!("SKU-{}", &Uuid::new_v4().simple().to_string()[..12]);
+        let (s, body) = self
+            .call(
+                Method::POST,
+                "/api/products",
+                Some(admin),
+                Some(json!({"sku": sku, "name": "Thing", "description": "A thing", "price_cents": price_cents, "initial_stock": stock})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{body}");
+        let id: Uuid = body["id"].as_str().unwrap().parse().unwrap();
+        let this = self;
+        eventually(
+            "inventory knows the product",
+            Duration::from_secs(20),
+            || async move {
+                this.call(Method::GET, &format!("/api/inventory/{id}"), None, None)
+                    .await
+                    .0
+                    == StatusCode::OK
+            },
+        )
+        .await;
+        id
+    }
+
+    pub async fn stock(&self, product: Uuid) -> (i64, i64) {
+        let (s, body) = self
+            .call(
+                Method::GET,
+                &format!("/api/inventory/{product}"),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        (
+            body["available"].as_i64().unwrap(),
+            body["reserved"].as_i64().unwrap(),
+        )
+    }
+
+    pub async fn order(&self, token: &str, items: &[(Uuid, i32)], payment_token: &str) -> Value {
+        let items: Vec<Value> = items
+            .iter()
+            .map(|(p, q)| json!({"product_id": p, "quantity": q}))
+            .collect();
+        let (s, body) = self
+            .call(
+                Method::POST,
+                "/api/orders",
+                Some(token),
+                Some(json!({"items": items, "payment_token": payment_token})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+        assert_eq!(body["status"], "PENDING");
+        body
+    }
+
+    /// Polls an order until it is CONFIRMED or CANCELLED.
+    pub async fn settled(&self, token: &str, order_id: &str, deadline: Duration) -> Value {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let (s, body) = self
+                .call(
+                    Method::GET,
+                    &format!("/api/orders/{order_id}"),
+                    Some(token),
+                    None,
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{body}");
+            if body["status"] == "CONFIRMED" || body["status"] == "CANCELLED" {
+                return body;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "order {order_id} still {} after {deadline:?}",
+                body["status"]
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the audit passes (the system settles after the last order), and returns it.
+    pub async fn audit_clean(&self) -> shop::audit::Report {
+        let broker = self.broker().await;
+        let until = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = shop::audit::run(&self.config, Some(&broker)).await.unwrap();
+            if r.ok() && r.dead_letters.is_empty() {
+                broker.close().await;
+                return r;
+            }
+            if tokio::time::Instant::now() > until {
+                panic!("the invariants do not hold:\n{}", r.table());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// SIGTERM without unsafe code: the `kill` command.
+fn unsafe_free_sigterm(pid: u32) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, mut c) in self.children.drain() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let config = self.config.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let _ = db::drop_database(&config.database_url).await;
+                delete_topology(&config).await;
+                delete_redis_keys(&config).await;
+            });
+        })
+        .join();
+    }
+}

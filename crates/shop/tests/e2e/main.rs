@@ -1,0 +1,7 @@
+//! End-to-end tests: every program runs as its own `shop run` process against the real
+//! RabbitMQ, Redis and PostgreSQL; the tests speak only to the public gateway (and read the
+//! databases for the invariant audit).
+
+mod api;
+mod cluster;
+mod saga;

@@ -1,0 +1,251 @@
+//! The order saga end to end: happy path, decline, out of stock, timeout with a late payment,
+//! oversell under concurrency, idempotency, object-level access, duplicated and reordered
+//! events; after each, the invariants of DESIGN.md hold.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use shop_platform::{
+    Envelope,
+    bus::Publisher,
+    events::{PaymentSucceeded, StockRejected, StockReserved},
+};
+use sqlx::Connection as _;
+use uuid::Uuid;
+
+use crate::cluster::Cluster;
+
+const SETTLE: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn orders_confirm_decline_reject_and_never_oversell() {
+    let shop = Cluster::start(&[]).await;
+    let admin = shop.admin().await;
+    let (alice, alice_id) = shop.user().await;
+    let (bob, _) = shop.user().await;
+
+    // Happy path: confirmed, stock sold, payment captured, one notification.
+    let widget = shop.product(&admin, 1250, 5).await;
+    let o = shop.order(&alice, &[(widget, 2)], "tok_visa").await;
+    let id = o["id"].as_str().unwrap().to_string();
+    assert_eq!(o["total_cents"], 2500, "priced by the server");
+    let done = shop.settled(&alice, &id, SETTLE).await;
+    assert_eq!(done["status"], "CONFIRMED", "{done}");
+    let statuses: Vec<&str> = done["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["PENDING", "AWAITING_PAYMENT", "CONFIRMED"]);
+    assert_eq!(shop.stock(widget).await, (3, 0));
+
+    // Decline: cancelled (payment_failed), stock back where it was.
+    let o = shop.order(&alice, &[(widget, 1)], "tok_decline").await;
+    let done = shop
+        .settled(&alice, o["id"].as_str().unwrap(), SETTLE)
+        .await;
+    assert_eq!(
+        (done["status"].as_str(), done["cancel_reason"].as_str()),
+        (Some("CANCELLED"), Some("payment_failed")),
+        "{done}"
+    );
+    let statuses: Vec<&str> = done["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["PENDING", "AWAITING_PAYMENT", "COMPENSATING", "CANCELLED"]
+    );
+    assert_eq!(shop.stock(widget).await, (3, 0));
+
+    // Out of stock: cancelled before any payment.
+    let o = shop.order(&alice, &[(widget, 4)], "tok_visa").await;
+    let done = shop
+        .settled(&alice, o["id"].as_str().unwrap(), SETTLE)
+        .await;
+    assert_eq!(done["cancel_reason"], "out_of_stock", "{done}");
+    assert_eq!(shop.stock(widget).await, (3, 0));
+
+    // The same Idempotency-Key twice: one order.
+    let body =
+        json!({"items": [{"product_id": widget, "quantity": 1}], "payment_token": "tok_visa"});
+    let place = || {
+        shop.http
+            .post(format!("{}/api/orders", shop.base))
+            .bearer_auth(&alice)
+            .header("Idempotency-Key", "checkout-42")
+            .json(&body)
+            .send()
+    };
+    let first: serde_json::Value = place().await.unwrap().json().await.unwrap();
+    let second = place().await.unwrap();
+    assert_eq!(second.status(), StatusCode::ACCEPTED);
+    let second: serde_json::Value = second.json().await.unwrap();
+    assert_eq!(first["id"], second["id"]);
+    shop.settled(&alice, first["id"].as_str().unwrap(), SETTLE)
+        .await;
+
+    // Another user cannot see alice's order, nor its event stream.
+    let (s, _) = shop
+        .call(Method::GET, &format!("/api/orders/{id}"), Some(&bob), None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = shop
+        .call(
+            Method::GET,
+            &format!("/api/orders/{id}/events"),
+            Some(&bob),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, page) = shop
+        .call(Method::GET, "/api/orders", Some(&bob), None)
+        .await;
+    assert_eq!(
+        (s, page["items"].as_array().map(Vec::len)),
+        (StatusCode::OK, Some(0))
+    );
+    let (_, page) = shop
+        .call(Method::GET, "/api/orders?limit=2", Some(&alice), None)
+        .await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    assert!(page["next_cursor"].is_string());
+
+    // Alice's notifications: one per terminal order, only hers.
+    let (_, notes) = shop
+        .call(Method::GET, "/api/notifications", Some(&alice), None)
+        .await;
+    let order_notes = notes["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["order_id"].is_string())
+        .count();
+    assert_eq!(order_notes, 4, "{notes}");
+    let (_, notes) = shop
+        .call(Method::GET, "/api/notifications", Some(&bob), None)
+        .await;
+    assert!(
+        notes["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["order_id"].is_null()),
+        "{notes}"
+    );
+
+    // Oversell: stock 10, 50 concurrent orders of 1 -> exactly 10 confirmed.
+    let scarce = shop.product(&admin, 100, 10).await;
+    let mut buyers = Vec::new();
+    for _ in 0..5 {
+        buyers.push(shop.user().await.0);
+    }
+    let placed = futures::future::join_all((0..50).map(|i| {
+        let token = buyers[i % buyers.len()].clone();
+        let shop = &shop;
+        async move {
+            shop.order(&token, &[(scarce, 1)], "tok_visa").await["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    }))
+    .await;
+    let mut confirmed = 0;
+    for (i, id) in placed.iter().enumerate() {
+        let done = shop
+            .settled(&buyers[i % buyers.len()], id, Duration::from_secs(60))
+            .await;
+        if done["status"] == "CONFIRMED" {
+            confirmed += 1;
+        } else {
+            assert_eq!(done["cancel_reason"], "out_of_stock", "{done}");
+        }
+    }
+    assert_eq!(confirmed, 10);
+    assert_eq!(shop.stock(scarce).await, (0, 0));
+
+    // Duplicated and reordered saga events (copies with the same id, and stale events for a
+    // settled order) change nothing.
+    let broker = shop.broker().await;
+    let o = shop.order(&alice, &[(widget, 1)], "tok_visa").await;
+    let oid: Uuid = o["id"].as_str().unwrap().parse().unwrap();
+    let done = shop.settled(&alice, &oid.to_string(), SETTLE).await;
+    assert_eq!(done["status"], "CONFIRMED");
+    let mut db = sqlx::PgConnection::connect(&shop.config.database_url)
+        .await
+        .unwrap();
+    let payment_id: Uuid =
+        sqlx::query_scalar("SELECT id FROM payments.payments WHERE order_id = $1")
+            .bind(oid)
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    let stale = [
+        Envelope::new(oid, &StockReserved { order_id: oid }, oid, oid),
+        Envelope::new(
+            oid,
+            &StockRejected {
+                order_id: oid,
+                reason: "out_of_stock".into(),
+            },
+            oid,
+            oid,
+        ),
+        Envelope::new(
+            oid,
+            &PaymentSucceeded {
+                order_id: oid,
+                payment_id,
+                amount_cents: 1250,
+            },
+            oid,
+            oid,
+        ),
+    ];
+    for e in stale.iter().chain(stale.iter()) {
+        broker.publish(e).await.unwrap();
+    }
+    let report = shop.audit_clean().await;
+    let after = shop.settled(&alice, &oid.to_string(), SETTLE).await;
+    assert_eq!(after["status"], "CONFIRMED");
+    assert_eq!(
+        after["history"], done["history"],
+        "no transition from stale or repeated events"
+    );
+    assert_eq!(report.stuck, 0);
+    broker.close().await;
+    let _ = alice_id;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_payment_after_the_deadline_is_refunded_and_the_order_cancelled() {
+    let shop = Cluster::start(&[("SHOP_SAGA_DEADLINE_MS", "1500")]).await;
+    let admin = shop.admin().await;
+    let (alice, _) = shop.user().await;
+    let product = shop.product(&admin, 700, 3).await;
+    let o = shop.order(&alice, &[(product, 2)], "tok_timeout").await;
+    let id = o["id"].as_str().unwrap();
+    let done = shop.settled(&alice, id, SETTLE).await;
+    assert_eq!(
+        (done["status"].as_str(), done["cancel_reason"].as_str()),
+        (Some("CANCELLED"), Some("timeout")),
+        "{done}"
+    );
+    assert_eq!(shop.stock(product).await, (3, 0), "stock released");
+    // The payment succeeds after the deadline; the saga refunds it. The audit checks the net
+    // is zero (captured then refunded).
+    let report = shop.audit_clean().await;
+    assert!(
+        report.refunded_cents >= 1400,
+        "the late payment was refunded:\n{}",
+        report.table()
+    );
+    assert_eq!(report.captured_cents, report.refunded_cents);
+}

@@ -1,0 +1,85 @@
+use std::sync::Arc;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use shop_users::Users;
+
+use crate::helpers::{App, PASSWORD, id_of};
+
+const ADMIN: &str = "admin@example.com";
+const ADMIN_PASSWORD: &str = "admin password 1";
+
+async fn users_with_email(app: &App, email: &str) -> Vec<(uuid::Uuid, String)> {
+    sqlx::query_as("SELECT id, role FROM users WHERE email = $1")
+        .bind(email)
+        .fetch_all(&app.env.pool)
+        .await
+        .unwrap()
+}
+
+async fn registered_events(app: &App) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE event_type = 'user.registered'")
+        .fetch_one(&app.env.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn administrator_is_created_at_start_and_restarts_are_idempotent() {
+    let app = App::spawn_with(|c| {
+        c.admin_email = Some(ADMIN.into());
+        c.admin_password = Some(ADMIN_PASSWORD.into());
+    })
+    .await;
+
+    let r = app.login(ADMIN, ADMIN_PASSWORD).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["user"]["role"], "admin");
+    let admin_id = id_of(&body["user"]);
+
+    // Two more instances starting at the same moment: neither fails, nothing is duplicated.
+    let (a, b) = tokio::join!(
+        app.env.start(Arc::new(Users)),
+        app.env.start(Arc::new(Users))
+    );
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+    assert_eq!(
+        users_with_email(&app, ADMIN).await,
+        vec![(admin_id, "admin".to_string())]
+    );
+    assert_eq!(registered_events(&app).await, 1);
+    assert_eq!(
+        app.login(ADMIN, ADMIN_PASSWORD).await.status(),
+        StatusCode::OK
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_existing_account_is_promoted_with_the_configured_password() {
+    let mut app = App::spawn().await;
+    let user = app.registered("erin@example.com").await;
+    assert_eq!(user["role"], "user");
+
+    app.env.config.admin_email = Some("Erin@Example.com".into());
+    app.env.config.admin_password = Some(ADMIN_PASSWORD.into());
+    let second = app.env.start(Arc::new(Users)).await;
+    second.stop().await.unwrap();
+
+    assert_eq!(
+        users_with_email(&app, "erin@example.com").await,
+        vec![(id_of(&user), "admin".to_string())]
+    );
+    assert_eq!(
+        app.login("erin@example.com", PASSWORD).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let r = app.login("erin@example.com", ADMIN_PASSWORD).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["user"]["role"], "admin");
+    // Promotion is not a registration.
+    assert_eq!(registered_events(&app).await, 1);
+    app.stop().await;
+}

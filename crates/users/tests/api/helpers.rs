@@ -1,0 +1,103 @@
+use std::sync::Arc;
+
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+use shop_platform::{
+    config::Config,
+    http::{X_USER_ID, X_USER_ROLE},
+    service::Running,
+    testkit::TestEnv,
+};
+use shop_users::Users;
+use uuid::Uuid;
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub struct App {
+    pub env: TestEnv,
+    pub running: Running,
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl App {
+    pub async fn spawn() -> App {
+        App::spawn_with(|_| {}).await
+    }
+
+    pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> App {
+        let env = TestEnv::new("users", tweak).await;
+        let running = env.start(Arc::new(Users)).await;
+        let base = format!("http://{}", running.addr);
+        App {
+            env,
+            running,
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn stop(self) {
+        self.running.stop().await.expect("users stops");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn register(&self, email: &str, password: &str, name: &str) -> Response {
+        self.http
+            .post(self.url("/api/auth/register"))
+            .json(&json!({"email": email, "password": password, "name": name}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Registers and returns the new user's JSON.
+    pub async fn registered(&self, email: &str) -> Value {
+        let r = self.register(email, PASSWORD, "Alice").await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        r.json().await.unwrap()
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Response {
+        self.http
+            .post(self.url("/api/auth/login"))
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn me(&self, user_id: Uuid) -> Response {
+        self.http
+            .get(self.url("/api/me"))
+            .header(X_USER_ID, user_id.to_string())
+            .header(X_USER_ROLE, "user")
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn logout(&self, token: &str) -> Response {
+        self.http
+            .post(self.url("/api/auth/logout"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// The status and problem body of an error answer, checking its content type.
+pub async fn problem(r: Response) -> (StatusCode, Value) {
+    let status = r.status();
+    let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(ct.starts_with("application/problem+json"), "{ct}");
+    (status, r.json().await.unwrap())
+}
+
+pub fn id_of(v: &Value) -> Uuid {
+    v["id"].as_str().unwrap().parse().unwrap()
+}
