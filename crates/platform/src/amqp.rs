@@ -716,7 +716,10 @@ impl Consumer {
             }
         };
         let acked = match forwarded {
-            Ok(()) => delivery.acker.ack(BasicAckOptions::default()).await,
+            Ok(()) => {
+                crate::crash::point("consumer.before_ack");
+                delivery.acker.ack(BasicAckOptions::default()).await
+            }
             Err(e) => {
                 warn!(error = %e, "could not forward the message; returning it to the queue");
                 delivery

@@ -11,6 +11,7 @@ pub mod amqp;
 pub mod api;
 pub mod bus;
 pub mod config;
+pub mod crash;
 pub mod db;
 pub mod dlq;
 pub mod envelope;

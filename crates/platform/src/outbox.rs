@@ -78,7 +78,9 @@ impl Relay {
                 }
             }
         }
+        crate::crash::point("relay.before_publish");
         let results = self.publisher.publish_batch(&events).await;
+        crate::crash::point("relay.after_publish");
         // Stop at the first failure so that events stay in order: the rest go next time.
         let sent: Vec<i64> = ids
             .iter()

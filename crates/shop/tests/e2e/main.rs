@@ -3,5 +3,6 @@
 //! databases for the invariant audit).
 
 mod api;
+#[path = "../common/mod.rs"]
 mod cluster;
 mod saga;

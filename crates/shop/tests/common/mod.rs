@@ -1,3 +1,6 @@
+#![allow(dead_code)]
+//! Shared by the end-to-end and fault-injection tests.
+//!
 //! A whole shop for one test: every program as its own `shop run` process, on free ports, with
 //! its own database, exchange/queue namespace and Redis key prefix, all removed afterwards.
 
@@ -78,8 +81,19 @@ impl Cluster {
             env.push((k.to_string(), v.to_string()));
         }
         let mut config = Config::defaults();
-        config.namespace = ns.clone();
-        config.database_url = db_url;
+        for (k, v) in &env {
+            match k.as_str() {
+                "SHOP_NAMESPACE" => config.namespace = v.clone(),
+                "SHOP_DATABASE_URL" => config.database_url = v.clone(),
+                "SHOP_AMQP_URL" => config.amqp_url = v.clone(),
+                "SHOP_REDIS_URL" => config.redis_url = v.clone(),
+                "SHOP_RETRY_DELAYS_MS" => {
+                    config.retry_delays_ms = v.split(',').filter_map(|x| x.parse().ok()).collect()
+                }
+                "SHOP_MESSAGE_TTL_MS" => config.message_ttl_ms = v.parse().unwrap(),
+                _ => {}
+            }
+        }
         let gateway_port = env
             .iter()
             .find(|(k, _)| k == "SHOP_GATEWAY_PORT")
@@ -87,6 +101,7 @@ impl Cluster {
             .1
             .clone();
         // Create the database once, before seven processes race to.
+        let _ = db_url;
         db::ensure_database(&config.database_url).await.unwrap();
         let log_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join("e2e-logs")
