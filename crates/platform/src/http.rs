@@ -314,11 +314,13 @@ async fn count_requests(State(metrics): State<Arc<Metrics>>, req: Request, next:
 async fn problem_for_bare_errors(req: Request, next: Next) -> Response {
     let resp = next.run(req).await;
     let status = resp.status();
-    let is_problem = resp
+    // Only bare responses (no body type, or plain text from a layer) are rewritten; JSON
+    // answers such as a 503 readiness report pass through.
+    let bare = resp
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
-    if (status.is_client_error() || status.is_server_error()) && !is_problem {
+        .is_none_or(|v| v.as_bytes().starts_with(b"text/plain"));
+    if (status.is_client_error() || status.is_server_error()) && bare {
         let (slug, title) = match status {
             StatusCode::METHOD_NOT_ALLOWED => ("method-not-allowed", "Method not allowed"),
             StatusCode::SERVICE_UNAVAILABLE => ("unavailable", "Service unavailable"),

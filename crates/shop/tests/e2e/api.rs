@@ -1,1 +1,317 @@
-//! Users, products and the gateway.
+//! Users, products and the gateway end to end: sessions, the product cache, authorization
+//! enumerated from the OpenAPI document, hostile input, rate limits, graceful stop, and no
+//! secret in any log line.
+
+use std::time::Duration;
+
+use redis::AsyncCommands as _;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use shop_platform::testkit::eventually;
+
+use crate::cluster::{ADMIN_PASSWORD, Cluster};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_public_api_is_safe_and_behaves() {
+    let shop = Cluster::start(&[]).await;
+    let base = shop.base.clone();
+
+    // Every response carries a request id; docs are served with no download.
+    let resp = shop
+        .http
+        .get(format!("{base}/api/products"))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.headers().contains_key("x-request-id"));
+    let docs = shop.http.get(format!("{base}/docs/")).send().await.unwrap();
+    assert_eq!(docs.status(), StatusCode::OK);
+    assert!(
+        docs.text().await.unwrap().contains("swagger"),
+        "Swagger UI page"
+    );
+    let doc: Value = shop
+        .http
+        .get(format!("{base}/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+
+    // Readiness aggregates every service.
+    let (s, ready) = shop.call(Method::GET, "/health/ready", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    for svc in [
+        "users",
+        "products",
+        "inventory",
+        "orders",
+        "payments",
+        "notifications",
+    ] {
+        assert_eq!(ready["info"][svc]["status"], "up", "{ready}");
+    }
+
+    // Register, log in, me, log out: the token is dead at once.
+    let (s, user) = shop
+        .register("Ann@Example.com ", "correct-horse-battery")
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{user}");
+    assert_eq!(user["email"], "ann@example.com");
+    assert_eq!(user["role"], "user");
+    let token = shop.login("ann@example.com", "correct-horse-battery").await;
+    let (s, me) = shop.call(Method::GET, "/api/me", Some(&token), None).await;
+    assert_eq!((s, me["id"].clone()), (StatusCode::OK, user["id"].clone()));
+    let (s, _) = shop
+        .call(Method::POST, "/api/auth/logout", Some(&token), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, p) = shop.call(Method::GET, "/api/me", Some(&token), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{p}");
+    assert_eq!(p["type"], "urn:shop:problem:unauthorized");
+
+    // Duplicate e-mail, short password, unknown fields, wrong credentials.
+    let (s, _) = shop.register("ann@example.com", "another-password").await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let (s, p) = shop.register("bob@example.com", "short").await;
+    assert_eq!(
+        (s, p["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("password")),
+        "{p}"
+    );
+    let (s, p) = shop
+        .call(
+            Method::POST,
+            "/api/auth/register",
+            None,
+            Some(json!({"email": "eve@example.com", "password": "long-enough-1", "name": "Eve", "role": "admin"})),
+        )
+        .await;
+    assert_eq!(
+        (s, p["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("role")),
+        "mass assignment refused: {p}"
+    );
+    let wrong = shop
+        .call(
+            Method::POST,
+            "/api/auth/login",
+            None,
+            Some(json!({"email": "ann@example.com", "password": "nope-nope-nope"})),
+        )
+        .await;
+    let unknown = shop
+        .call(
+            Method::POST,
+            "/api/auth/login",
+            None,
+            Some(json!({"email": "who@example.com", "password": "nope-nope-nope"})),
+        )
+        .await;
+    assert_eq!(wrong.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        wrong, unknown,
+        "the same answer whether the e-mail exists or not"
+    );
+
+    // Malformed input: 413, 415, 400, 422 — all problems, nothing changed.
+    let (user_token, _) = shop.user().await;
+    let admin = shop.admin().await;
+    let big = "x".repeat(70 * 1024);
+    let r = shop
+        .http
+        .post(format!("{base}/api/orders"))
+        .bearer_auth(&user_token)
+        .header("content-type", "application/json")
+        .body(format!("{{\"payment_token\":\"{big}\"}}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let r = shop
+        .http
+        .post(format!("{base}/api/orders"))
+        .bearer_auth(&user_token)
+        .header("content-type", "text/plain")
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let r = shop
+        .http
+        .post(format!("{base}/api/orders"))
+        .bearer_auth(&user_token)
+        .header("content-type", "application/json")
+        .body("{\"items\": [")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let (s, p) = shop
+        .call(
+            Method::POST,
+            "/api/orders",
+            Some(&user_token),
+            Some(json!({"items": [], "payment_token": "tok_visa"})),
+        )
+        .await;
+    assert_eq!(
+        (s, p["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("items")),
+        "{p}"
+    );
+    let (s, p) = shop
+        .call(
+            Method::POST,
+            "/api/orders",
+            Some(&user_token),
+            Some(json!({"items": [{"product_id": uuid::Uuid::now_v7(), "quantity": 1}], "payment_token": "t", "total_cents": 1})),
+        )
+        .await;
+    assert_eq!(
+        (s, p["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("total_cents")),
+        "a client cannot set the price: {p}"
+    );
+    let (_, page) = shop
+        .call(Method::GET, "/api/orders", Some(&user_token), None)
+        .await;
+    assert_eq!(
+        page["items"].as_array().unwrap().len(),
+        0,
+        "nothing was created"
+    );
+
+    // Every non-public route answers 401 without a valid token (enumerated from the
+    // document), and every admin route 403 for a plain user.
+    let mut secured = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let concrete = path
+            .replace("{id}", &uuid::Uuid::now_v7().to_string())
+            .replace("{product_id}", &uuid::Uuid::now_v7().to_string());
+        for (method, op) in item.as_object().unwrap() {
+            if op.get("security").is_none() {
+                continue;
+            }
+            secured += 1;
+            let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let (s, p) = shop.call(m.clone(), &concrete, None, Some(json!({}))).await;
+            assert_eq!(
+                s,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} without a token: {p}"
+            );
+            let (s, _) = shop
+                .call(
+                    m.clone(),
+                    &concrete,
+                    Some("not-a-real-token"),
+                    Some(json!({})),
+                )
+                .await;
+            assert_eq!(
+                s,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} with a forged token"
+            );
+            let admin_only = (path.starts_with("/api/products") && method != "get")
+                || path.ends_with("/adjustments");
+            if admin_only {
+                let (s, _) = shop
+                    .call(m, &concrete, Some(&user_token), Some(json!({})))
+                    .await;
+                assert_eq!(s, StatusCode::FORBIDDEN, "{method} {path} as a user");
+            }
+        }
+    }
+    assert!(secured >= 10, "{secured} secured operations");
+
+    // The product cache: the first read fills it, an update invalidates it, the next read
+    // has the new price.
+    let product = shop.product(&admin, 999, 3).await;
+    let (s, _) = shop
+        .call(Method::GET, &format!("/api/products/{product}"), None, None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let mut redis = redis::Client::open(shop.config.redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = shop.config.redis_key(&format!("product:{product}"));
+    assert!(
+        redis.exists::<_, bool>(&key).await.unwrap(),
+        "cached after the first read"
+    );
+    let (s, p) = shop
+        .call(
+            Method::PATCH,
+            &format!("/api/products/{product}"),
+            Some(&admin),
+            Some(json!({"price_cents": 1111})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{p}");
+    let (_, p) = shop
+        .call(Method::GET, &format!("/api/products/{product}"), None, None)
+        .await;
+    assert_eq!(
+        p["price_cents"], 1111,
+        "never the old price after an update"
+    );
+
+    // A graceful stop: SIGTERM exits 0; readiness turns 503 while the service is away, then
+    // recovers when it is back.
+    let mut shop = shop;
+    let status = shop.terminate("notifications");
+    assert!(status.success(), "exit status {status}");
+    let (s, ready) = shop.call(Method::GET, "/health/ready", None, None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(ready["error"]["notifications"]["status"], "down");
+    shop.spawn("notifications");
+    shop.wait_ready(Duration::from_secs(60)).await;
+
+    // A login flood from one address is throttled with Retry-After.
+    let mut limited = None;
+    for _ in 0..40 {
+        let r = shop
+            .http
+            .post(format!("{base}/api/auth/login"))
+            .json(&json!({"email": "ann@example.com", "password": "wrong-password"}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(r);
+            break;
+        }
+    }
+    let limited = limited.expect("429 within 40 logins");
+    assert!(limited.headers().contains_key("retry-after"));
+
+    // No password, token or password hash in any log line of the run.
+    let logs = shop.logs();
+    assert!(!logs.is_empty());
+    for secret in [
+        "correct-horse-battery",
+        ADMIN_PASSWORD,
+        &token,
+        &user_token,
+        &admin,
+        "$argon2id$",
+    ] {
+        assert!(!logs.contains(secret), "a secret leaked into the logs");
+    }
+    let shop_ref = &shop;
+    eventually(
+        "the audit is clean",
+        Duration::from_secs(5),
+        || async move { shop::audit::run(&shop_ref.config, None).await.unwrap().ok() },
+    )
+    .await;
+}
