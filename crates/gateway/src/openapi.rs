@@ -111,6 +111,63 @@ impl Modify for BearerAuth {
     }
 }
 
+/// The answers any operation can give because of the gateway and the shared conventions:
+/// malformed input, limits, rate limiting, a service away; and 401 where a token is required.
+struct CommonResponses;
+
+impl CommonResponses {
+    fn problem(description: &str) -> utoipa::openapi::Response {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/problem+json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Problem")))
+                    .build(),
+            )
+            .build()
+    }
+}
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.patch,
+                &mut item.put,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let mut add = |code: &str, description: &str| {
+                    op.responses
+                        .responses
+                        .entry(code.to_string())
+                        .or_insert_with(|| Self::problem(description).into());
+                };
+                add(
+                    "400",
+                    "Malformed request (JSON syntax, path or query parameters)",
+                );
+                add("422", "A field is invalid; `field` names it");
+                add("429", "Too many requests; see Retry-After");
+                add("503", "A service or server is unavailable; try again");
+                if op.request_body.is_some() {
+                    add("413", "Body larger than 64 KiB");
+                    add("415", "Content-Type is not application/json");
+                }
+                if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                    add("401", "Missing, unknown or expired token");
+                }
+            }
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Shop API", description = "The public API of Shop. Money is integer cents; ids are UUIDs; errors are application/problem+json."),
@@ -125,6 +182,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.merge(shop_users::openapi());
     doc.merge(shop_products::openapi());
+    CommonResponses.modify(&mut doc);
     doc
 }
 
