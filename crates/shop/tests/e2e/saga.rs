@@ -14,6 +14,8 @@ use shop_platform::{
 use sqlx::Connection as _;
 use uuid::Uuid;
 
+use shop_platform::testkit::eventually;
+
 use crate::cluster::Cluster;
 
 const SETTLE: Duration = Duration::from_secs(30);
@@ -25,11 +27,35 @@ async fn orders_confirm_decline_reject_and_never_oversell() {
     let (alice, alice_id) = shop.user().await;
     let (bob, _) = shop.user().await;
 
-    // Happy path: confirmed, stock sold, payment captured, one notification.
+    // Happy path: confirmed, stock sold, payment captured, one notification; the owner
+    // watches it live on the event stream, which ends at the terminal status.
     let widget = shop.product(&admin, 1250, 5).await;
     let o = shop.order(&alice, &[(widget, 2)], "tok_visa").await;
     let id = o["id"].as_str().unwrap().to_string();
     assert_eq!(o["total_cents"], 2500, "priced by the server");
+    let stream = shop
+        .http
+        .get(format!("{}/api/orders/{id}/events", shop.base))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    let text = tokio::time::timeout(SETTLE, stream.text())
+        .await
+        .expect("the stream ends at a terminal status")
+        .unwrap();
+    let seen: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| {
+            serde_json::from_str::<serde_json::Value>(d.trim()).unwrap()["status"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(seen.last().map(String::as_str), Some("CONFIRMED"), "{text}");
     let done = shop.settled(&alice, &id, SETTLE).await;
     assert_eq!(done["status"], "CONFIRMED", "{done}");
     let statuses: Vec<&str> = done["history"]
@@ -39,7 +65,12 @@ async fn orders_confirm_decline_reject_and_never_oversell() {
         .map(|h| h["status"].as_str().unwrap())
         .collect();
     assert_eq!(statuses, ["PENDING", "AWAITING_PAYMENT", "CONFIRMED"]);
-    assert_eq!(shop.stock(widget).await, (3, 0));
+    // Inventory turns the reservation into a sale when it sees order.confirmed.
+    let shop_ref = &shop;
+    eventually("the reservation becomes a sale", SETTLE, || async move {
+        shop_ref.stock(widget).await == (3, 0)
+    })
+    .await;
 
     // Decline: cancelled (payment_failed), stock back where it was.
     let o = shop.order(&alice, &[(widget, 1)], "tok_decline").await;
@@ -169,7 +200,10 @@ async fn orders_confirm_decline_reject_and_never_oversell() {
         }
     }
     assert_eq!(confirmed, 10);
-    assert_eq!(shop.stock(scarce).await, (0, 0));
+    eventually("every reservation is sold", SETTLE, || async move {
+        shop_ref.stock(scarce).await == (0, 0)
+    })
+    .await;
 
     // Duplicated and reordered saga events (copies with the same id, and stale events for a
     // settled order) change nothing.
