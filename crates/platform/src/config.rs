@@ -108,6 +108,12 @@ pub struct Config {
     )]
     pub services_host: String,
 
+    /// Per-service base URLs overriding host and port, e.g.
+    /// `orders=http://shop-orders:8084,products=http://shop-products:8082` (one host per service,
+    /// as in Kubernetes or Compose).
+    #[arg(long, env = "SHOP_SERVICE_URLS", value_delimiter = ',', global = true)]
+    pub service_urls: Vec<String>,
+
     /// Messages a consumer may hold unacknowledged (and process concurrently).
     #[arg(long, env = "SHOP_PREFETCH", default_value_t = 10, global = true)]
     pub prefetch: u16,
@@ -294,7 +300,12 @@ impl Config {
 
     /// Base URL of a service as the gateway reaches it.
     pub fn service_url(&self, program: &str) -> String {
-        format!("http://{}:{}", self.services_host, self.port_of(program))
+        self.service_urls
+            .iter()
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(name, _)| name.trim() == program)
+            .map(|(_, url)| url.trim().trim_end_matches('/').to_string())
+            .unwrap_or_else(|| format!("http://{}:{}", self.services_host, self.port_of(program)))
     }
 
     /// A Redis key with this shop's namespace.
@@ -329,6 +340,15 @@ mod tests {
         assert_eq!(c.retry_delays_ms, vec![1000, 5000, 30000]);
         assert_eq!(c.port_of("notifications"), 8086);
         assert_eq!(c.cache_redis_url(), "redis://127.0.0.1:6379");
+        assert_eq!(c.service_url("orders"), "http://127.0.0.1:8084");
+    }
+
+    #[test]
+    fn service_urls_override_host_and_port() {
+        let mut c = Config::defaults();
+        c.service_urls = vec!["orders=http://shop-orders:9000/".into()];
+        assert_eq!(c.service_url("orders"), "http://shop-orders:9000");
+        assert_eq!(c.service_url("users"), "http://127.0.0.1:8081");
     }
 
     #[test]
