@@ -650,11 +650,14 @@ impl Consumer {
             .map(|s| s.to_string())
             .unwrap_or_default();
         let span = info_span!("message", queue = %self.queue, id = %message_id, attempt = attempts);
-        let fate = self
-            .decide(&delivery, attempts)
-            .instrument(span.clone())
-            .await;
-        let _enter = span.enter();
+        // The span is attached to the future, never entered across an await (a guard held
+        // over awaits corrupts the span stack of whatever else runs on that thread).
+        self.process_in_span(delivery, attempts).instrument(span).await
+    }
+
+    /// Decides a message's fate and carries it out.
+    async fn process_in_span(&self, delivery: Delivery, attempts: i64) {
+        let fate = self.decide(&delivery, attempts).await;
         let label = Metrics::label(
             &delivery
                 .properties

@@ -89,7 +89,7 @@ impl Relay {
             .map(|(id, _)| *id)
             .collect();
         let failure = results.into_iter().find_map(Result::err);
-        sqlx::query("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)")
+        sqlx::query("UPDATE outbox SET sent_at = clock_timestamp() WHERE id = ANY($1)")
             .bind(&sent)
             .execute(&mut *tx)
             .await?;
