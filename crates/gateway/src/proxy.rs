@@ -10,10 +10,10 @@ use axum::{
     http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use redis::aio::ConnectionManager;
 use shop_platform::{
     config::Config,
     http::{ApiError, BODY_LIMIT, X_REQUEST_ID, X_USER_ID, X_USER_ROLE},
+    redis_util::RedisConn,
     session::{self, Session},
 };
 use tracing::warn;
@@ -97,7 +97,7 @@ pub fn classify(method: &Method, path: &str) -> Result<Route, ApiError> {
 /// Shared state of the gateway.
 pub struct Gateway {
     pub config: Config,
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     /// For ordinary requests: pooled connections, connect and total timeouts.
     pub http: reqwest::Client,
     /// For event streams: no total timeout.

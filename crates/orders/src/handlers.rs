@@ -12,8 +12,10 @@ use shop_platform::{
         PaymentFailed, PaymentRefunded, PaymentSucceeded, StockRejected, StockReleased,
         StockReserved,
     },
+    outbox::Waker,
 };
 use sqlx::{PgConnection, PgPool};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
@@ -26,6 +28,8 @@ use crate::{
 pub struct SagaHandler {
     /// Deadline of each waiting state.
     pub deadline: Duration,
+    /// Told the order id once a transition has committed (for this instance's event streams).
+    pub changes: broadcast::Sender<Uuid>,
 }
 
 /// The order an event is about, and what it means to the saga.
@@ -90,16 +94,34 @@ impl Handler for SagaHandler {
         }
         Ok(())
     }
+
+    fn committed(&self, event: &Envelope) {
+        if let Ok((order_id, _)) = translate(event) {
+            let _ = self.changes.send(order_id);
+        }
+    }
 }
 
 /// Fires passed deadlines: every waiting state that outlived its deadline gets a
 /// `DeadlinePassed` transition (compensate, or retry a compensation). Several instances share
 /// the work through `FOR UPDATE SKIP LOCKED`.
-pub async fn run_deadlines(pool: PgPool, deadline: Duration, stop: CancellationToken) {
+pub async fn run_deadlines(
+    pool: PgPool,
+    deadline: Duration,
+    outbox: Waker,
+    changes: broadcast::Sender<Uuid>,
+    stop: CancellationToken,
+) {
     let tick = (deadline / 4).clamp(Duration::from_millis(50), Duration::from_millis(500));
     loop {
-        match fire_due(&pool, deadline).await {
-            Ok(n) if n > 0 => continue,
+        match fire_due_ids(&pool, deadline).await {
+            Ok(ids) if !ids.is_empty() => {
+                outbox.wake();
+                for id in ids {
+                    let _ = changes.send(id);
+                }
+                continue;
+            }
             Ok(_) => {}
             Err(e) => warn!(error = %e, "deadline scan failed; retrying"),
         }
@@ -112,13 +134,18 @@ pub async fn run_deadlines(pool: PgPool, deadline: Duration, stop: CancellationT
 
 /// One batch of passed deadlines; returns how many fired.
 pub async fn fire_due(pool: &PgPool, deadline: Duration) -> sqlx::Result<usize> {
+    Ok(fire_due_ids(pool, deadline).await?.len())
+}
+
+/// One batch of passed deadlines; returns the orders whose deadline fired.
+async fn fire_due_ids(pool: &PgPool, deadline: Duration) -> sqlx::Result<Vec<Uuid>> {
     let mut tx = pool.begin().await?;
     let rows = store::due(&mut tx, 100).await?;
-    let mut fired = 0;
+    let mut fired = Vec::new();
     for row in &rows {
         let t = decide(&row.state, &SagaEvent::DeadlinePassed);
         if store::apply(&mut tx, row, &t, None, deadline).await? {
-            fired += 1;
+            fired.push(row.id);
             if t.state.status != row.state.status {
                 info!(order_id = %row.id, from = %row.state.status, to = %t.state.status, "deadline passed");
             }
@@ -129,6 +156,6 @@ pub async fn fire_due(pool: &PgPool, deadline: Duration) -> sqlx::Result<usize> 
 }
 
 /// Shared so the HTTP layer can hand it to the consumer.
-pub fn handler(deadline: Duration) -> Arc<dyn Handler> {
-    Arc::new(SagaHandler { deadline })
+pub fn handler(deadline: Duration, changes: broadcast::Sender<Uuid>) -> Arc<dyn Handler> {
+    Arc::new(SagaHandler { deadline, changes })
 }

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use shop_platform::{
     events::OrderLine,
     http::{ApiError, ApiJson, Caller},
+    outbox::Waker,
 };
 use sqlx::PgPool;
 use tokio::sync::broadcast;
@@ -38,8 +39,10 @@ pub struct AppState {
     pub http: reqwest::Client,
     pub products_url: String,
     pub deadline: Duration,
-    /// Order ids whose status changed (from PostgreSQL NOTIFY).
+    /// Order ids whose status changed (told after each commit of this instance).
     pub changes: broadcast::Sender<Uuid>,
+    /// Wakes the outbox relay once a new order (and its `order.created`) has committed.
+    pub outbox: Waker,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -181,6 +184,7 @@ async fn place(
         deadline: state.deadline,
     };
     if store::insert_order(&state.pool, &order).await? {
+        state.outbox.wake();
         return accepted(&state, order.id).await;
     }
     // The same key raced us: answer with the order that won.
@@ -300,8 +304,8 @@ async fn events(
         }
         loop {
             if !s.first {
-                // Wake on a change of this order, or re-check every 2 s (a missed NOTIFY
-                // while the listener reconnected must not leave the stream hanging).
+                // Wake on a change of this order made by this instance, or re-check every
+                // second (for changes made by another instance of the service).
                 let wait = async {
                     loop {
                         match s.rx.recv().await {
@@ -314,7 +318,7 @@ async fn events(
                         }
                     }
                 };
-                let _ = tokio::time::timeout(Duration::from_secs(2), wait).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), wait).await;
             }
             s.first = false;
             let Ok(Some((status, cancel_reason))) = store::status(&s.state.pool, id).await else {

@@ -4,13 +4,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use shop_platform::service::{Context, Parts, Program};
-use sqlx::{PgPool, postgres::PgListener};
+use sqlx::PgPool;
 use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
-use tracing::debug;
-use uuid::Uuid;
 
-use crate::{handlers, http, store};
+use crate::{handlers, http};
 
 pub struct Orders;
 
@@ -40,58 +37,23 @@ impl Program for Orders {
             products_url: ctx.config.service_url("products"),
             deadline,
             changes: changes.clone(),
+            outbox: ctx.outbox.clone(),
         };
-        let tasks = vec![
-            tokio::spawn(handlers::run_deadlines(
-                pool.clone(),
-                deadline,
-                ctx.stop.clone(),
-            )),
-            tokio::spawn(forward_status_changes(pool, changes, ctx.stop.clone())),
-        ];
+        // Status changes reach this instance's event streams from the handler and the
+        // deadline scanner after each commit; a change made by another instance is seen at
+        // the stream's periodic re-check.
+        let tasks = vec![tokio::spawn(handlers::run_deadlines(
+            pool,
+            deadline,
+            ctx.outbox.clone(),
+            changes.clone(),
+            ctx.stop.clone(),
+        ))];
         Ok(Parts {
             router: http::router(state),
-            handler: Some(handlers::handler(deadline)),
+            handler: Some(handlers::handler(deadline, changes)),
             tasks,
             ..Default::default()
         })
-    }
-}
-
-/// Relays PostgreSQL NOTIFYs of status changes to the event streams of this instance.
-async fn forward_status_changes(
-    pool: PgPool,
-    changes: broadcast::Sender<Uuid>,
-    stop: CancellationToken,
-) {
-    loop {
-        let listener = async {
-            let mut l = PgListener::connect_with(&pool).await?;
-            l.listen(store::STATUS_CHANNEL).await?;
-            Ok::<_, sqlx::Error>(l)
-        };
-        match listener.await {
-            Ok(mut l) => loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    n = l.recv() => match n {
-                        Ok(n) => {
-                            if let Ok(id) = n.payload().parse() {
-                                let _ = changes.send(id);
-                            }
-                        }
-                        Err(e) => {
-                            debug!(error = %e, "status listener lost; reconnecting");
-                            break;
-                        }
-                    }
-                }
-            },
-            Err(e) => debug!(error = %e, "status listener unavailable"),
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
     }
 }

@@ -1,7 +1,6 @@
 //! All SQL of the orders service. Every saga transition is one transaction: the order row
 //! (state, version, deadline), its history and the outbox rows of the commands it issues.
 
-use chrono::{DateTime, Utc};
 use shop_platform::{
     Envelope,
     events::{
@@ -17,9 +16,6 @@ use crate::{
     api::{HistoryEntry, OrderLineView, OrderView},
     saga::{Command, OrderStatus, SagaState, Transition},
 };
-
-/// NOTIFY channel carrying `order_id` on every status change (for live event streams).
-pub const STATUS_CHANNEL: &str = "orders_status";
 
 /// An order's saga as loaded for a transition.
 pub struct SagaRow {
@@ -102,15 +98,12 @@ pub async fn insert_order(pool: &PgPool, o: &NewOrder) -> sqlx::Result<bool> {
     Ok(true)
 }
 
+/// Records a status change. Live event streams of this instance are told after the commit
+/// (see `program.rs`), not by a NOTIFY, which would serialise the commits.
 async fn history(tx: &mut PgConnection, id: Uuid, status: OrderStatus) -> sqlx::Result<()> {
     sqlx::query("INSERT INTO order_history (order_id, status) VALUES ($1, $2)")
         .bind(id)
         .bind(status.as_str())
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(STATUS_CHANNEL)
-        .bind(id.to_string())
         .execute(&mut *tx)
         .await?;
     Ok(())
@@ -232,10 +225,17 @@ fn command_event(row: &SagaRow, command: &Command, cause: Option<&Envelope>) -> 
     }
 }
 
-/// The order as its owner sees it (None if it is not theirs or does not exist).
+/// The order as its owner sees it (None if it is not theirs or does not exist). One query:
+/// it is read after every placement and by every status poll.
 pub async fn view(pool: &PgPool, id: Uuid, owner: Option<Uuid>) -> sqlx::Result<Option<OrderView>> {
     let Some(r) = sqlx::query(
-        "SELECT id, user_id, status, cancel_reason, total_cents, currency, created_at, updated_at FROM orders WHERE id = $1",
+        "SELECT o.user_id, o.status, o.cancel_reason, o.total_cents, o.currency, o.created_at, o.updated_at,
+             (SELECT coalesce(json_agg(json_build_object('product_id', i.product_id, 'quantity', i.quantity,
+                                                         'unit_price_cents', i.unit_price_cents) ORDER BY i.line), '[]')
+                FROM order_items i WHERE i.order_id = o.id) AS items,
+             (SELECT coalesce(json_agg(json_build_object('status', h.status, 'at', h.at) ORDER BY h.id), '[]')
+                FROM order_history h WHERE h.order_id = o.id) AS history
+         FROM orders o WHERE o.id = $1",
     )
     .bind(id)
     .fetch_optional(pool)
@@ -246,24 +246,8 @@ pub async fn view(pool: &PgPool, id: Uuid, owner: Option<Uuid>) -> sqlx::Result<
     if owner.is_some_and(|o| o != r.try_get::<Uuid, _>("user_id").unwrap_or_default()) {
         return Ok(None);
     }
-    let items = sqlx::query_as::<_, (Uuid, i32, i64)>(
-        "SELECT product_id, quantity, unit_price_cents FROM order_items WHERE order_id = $1 ORDER BY line",
-    )
-    .bind(id)
-    .fetch_all(pool)
-    .await?
-    .into_iter()
-    .map(|(product_id, quantity, unit_price_cents)| OrderLineView { product_id, quantity, unit_price_cents })
-    .collect();
-    let history = sqlx::query_as::<_, (String, DateTime<Utc>)>(
-        "SELECT status, at FROM order_history WHERE order_id = $1 ORDER BY id",
-    )
-    .bind(id)
-    .fetch_all(pool)
-    .await?
-    .into_iter()
-    .map(|(status, at)| HistoryEntry { status, at })
-    .collect();
+    let sqlx::types::Json(items): sqlx::types::Json<Vec<OrderLineView>> = r.try_get("items")?;
+    let sqlx::types::Json(history): sqlx::types::Json<Vec<HistoryEntry>> = r.try_get("history")?;
     Ok(Some(OrderView {
         id,
         status: r.try_get("status")?,

@@ -41,15 +41,20 @@ pub async fn capture_due(pool: &PgPool) -> anyhow::Result<usize> {
     }
 }
 
-/// Captures due payments every [`POLL_EVERY`] until `stop`.
-pub async fn run(pool: PgPool, stop: CancellationToken) {
+/// Captures due payments every [`POLL_EVERY`] until `stop`, waking the outbox relay after
+/// each capture.
+pub async fn run(pool: PgPool, outbox: outbox::Waker, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(POLL_EVERY) => {}
         }
-        if let Err(e) = capture_due(&pool).await {
-            warn!(error = %format!("{e:#}"), "capturer could not settle due payments; retrying");
+        match capture_due(&pool).await {
+            Ok(0) => {}
+            Ok(_) => outbox.wake(),
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "capturer could not settle due payments; retrying")
+            }
         }
     }
 }

@@ -47,7 +47,11 @@ impl Program for Payments {
         Ok(Parts {
             router: http::router(pool.clone()),
             handler: Some(Arc::new(PaymentsHandler { provider })),
-            tasks: vec![tokio::spawn(capture::run(pool, ctx.stop.clone()))],
+            tasks: vec![tokio::spawn(capture::run(
+                pool,
+                ctx.outbox.clone(),
+                ctx.stop.clone(),
+            ))],
             ..Default::default()
         })
     }

@@ -630,7 +630,23 @@ impl Consumer {
                 item = stream.next() => match item {
                     Some(Ok(delivery)) => {
                         let me = self.clone();
-                        inflight.spawn(async move { me.process(delivery).await });
+                        let acker = delivery.acker.clone();
+                        let queue = self.queue.clone();
+                        inflight.spawn(async move {
+                            // A panic outside the handler (whose panics `decide` catches) would
+                            // leave the message unacked for as long as the channel lives: its
+                            // saga stalls until the deadline. Return it to the queue instead.
+                            let run = std::panic::AssertUnwindSafe(me.process(delivery));
+                            if run.catch_unwind().await.is_err() {
+                                error!(%queue, "processing a message panicked; returning it to the queue");
+                                let _ = acker
+                                    .nack(BasicNackOptions {
+                                        requeue: true,
+                                        multiple: false,
+                                    })
+                                    .await;
+                            }
+                        });
                     }
                     Some(Err(e)) => return Err(e.into()),
                     None => anyhow::bail!("the broker cancelled the consumer"),
@@ -652,7 +668,9 @@ impl Consumer {
         let span = info_span!("message", queue = %self.queue, id = %message_id, attempt = attempts);
         // The span is attached to the future, never entered across an await (a guard held
         // over awaits corrupts the span stack of whatever else runs on that thread).
-        self.process_in_span(delivery, attempts).instrument(span).await
+        self.process_in_span(delivery, attempts)
+            .instrument(span)
+            .await
     }
 
     /// Decides a message's fate and carries it out.
@@ -764,6 +782,7 @@ impl Consumer {
         match run.await {
             Ok(Ok(true)) => {
                 m.consumed.get_or_create(&label).inc();
+                self.handler.committed(&env);
                 Fate::Ack
             }
             Ok(Ok(false)) => {

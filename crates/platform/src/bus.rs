@@ -73,4 +73,9 @@ impl From<anyhow::Error> for HandlerError {
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
     async fn handle(&self, event: &Envelope, tx: &mut PgConnection) -> Result<(), HandlerError>;
+
+    /// Called once the transaction in which `handle` applied `event` has committed (never for
+    /// a duplicate), to tell this process's listeners (live streams, the outbox relay) without
+    /// a PostgreSQL NOTIFY. Must be quick and must not fail.
+    fn committed(&self, _event: &Envelope) {}
 }

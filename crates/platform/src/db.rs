@@ -70,7 +70,7 @@ pub async fn drop_database(url: &str) -> anyhow::Result<()> {
 }
 
 /// A pool for `schema`: creates the database and schema if needed and the platform tables
-/// (outbox, inbox, the outbox trigger).
+/// (outbox, inbox).
 pub async fn connect(url: &str, schema: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     ensure_database(url).await?;
     let opts = options(url)?.options([("search_path", schema)]);
@@ -113,10 +113,16 @@ async fn create_platform_tables(pool: &PgPool, schema: &str) -> anyhow::Result<(
             processed_at TIMESTAMPTZ NOT NULL DEFAULT now()
         );
         CREATE INDEX IF NOT EXISTS inbox_processed_at ON {schema}.inbox (processed_at);
-        CREATE OR REPLACE FUNCTION {schema}.outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN PERFORM pg_notify('{schema}_outbox', ''); RETURN NULL; END $$;
-        CREATE OR REPLACE TRIGGER outbox_notify AFTER INSERT ON {schema}.outbox
-            FOR EACH STATEMENT EXECUTE FUNCTION {schema}.outbox_notify();
+        -- Relays are woken in-process now (see outbox.rs): a NOTIFY per insert serialised
+        -- every commit in the cluster. Removed from databases made by older versions.
+        -- (Checked first: DROP TRIGGER locks the table even when there is nothing to drop.)
+        DO $$ BEGIN
+            IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'outbox_notify'
+                       AND tgrelid = '{schema}.outbox'::regclass) THEN
+                DROP TRIGGER outbox_notify ON {schema}.outbox;
+            END IF;
+        END $$;
+        DROP FUNCTION IF EXISTS {schema}.outbox_notify();
         "#
     );
     sqlx::raw_sql(&ddl).execute(&mut *tx).await?;

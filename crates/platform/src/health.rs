@@ -5,11 +5,13 @@ use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use futures::future::join_all;
-use redis::aio::ConnectionManager;
 use serde_json::{Map, Value, json};
 use sqlx::PgPool;
 
-use crate::{amqp::Broker, redis_util};
+use crate::{
+    amqp::Broker,
+    redis_util::{self, RedisConn},
+};
 
 /// One dependency check; `Ok` carries details shown beside `"status": "up"`.
 #[async_trait]
@@ -37,7 +39,7 @@ impl Check for PostgresCheck {
 
 pub struct RedisCheck {
     pub name: &'static str,
-    pub conn: ConnectionManager,
+    pub conn: RedisConn,
     /// A cache server: a missing eviction policy is reported as a warning.
     pub is_cache: bool,
 }

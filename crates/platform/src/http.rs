@@ -122,14 +122,27 @@ impl ApiError {
     }
 }
 
+/// Whether a database error means "the database is away for now, try again" rather than a
+/// bug: no connection to be had, the connection broke, or the server ended the session
+/// (SQLSTATE class 08, connection exception; 57P01 administrator command, 57P02 crash
+/// shutdown, 57P03 cannot connect now: PostgreSQL restarting or recovering).
+pub fn database_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+            c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        match &e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                error!(error = %e, "database unavailable");
-                ApiError::Unavailable("the database is unavailable, try again".into())
-            }
-            _ => ApiError::Internal(e.into()),
+        if database_unavailable(&e) {
+            error!(error = %e, "database unavailable");
+            ApiError::Unavailable("the database is unavailable, try again".into())
+        } else {
+            ApiError::Internal(e.into())
         }
     }
 }
@@ -389,6 +402,31 @@ impl Caller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A request whose database connection is ended under it (PostgreSQL restarting, or an
+    /// administrator terminating backends) is told to try again, not that something broke.
+    #[tokio::test]
+    async fn a_connection_ended_by_the_server_is_unavailable_not_internal() {
+        use sqlx::Connection as _;
+        let url = "postgres://postgres@127.0.0.1:5432/postgres";
+        let mut victim = sqlx::PgConnection::connect(url).await.unwrap();
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut victim)
+            .await
+            .unwrap();
+        let mut admin = sqlx::PgConnection::connect(url).await.unwrap();
+        let _: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+        let e = sqlx::query("SELECT 1")
+            .execute(&mut victim)
+            .await
+            .expect_err("the connection was terminated");
+        let status = ApiError::from(e).parts().0;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
 
     #[test]
     fn field_names_are_extracted() {

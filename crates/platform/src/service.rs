@@ -13,7 +13,6 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use axum::Router;
 use futures::FutureExt as _;
-use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -28,7 +27,7 @@ use crate::{
     http::{Ops, ops_router, with_common_layers},
     metrics::Metrics,
     outbox::{self, Relay},
-    redis_util,
+    redis_util::{self, RedisConn},
 };
 
 /// What a program needs to build itself.
@@ -40,10 +39,14 @@ pub struct Context {
     /// The program's pool (search_path = its schema), if it uses the database.
     pub pool: Option<PgPool>,
     /// Redis for sessions and rate limits.
-    pub redis: Option<ConnectionManager>,
+    pub redis: Option<RedisConn>,
     /// Redis for the cache (the same server unless SHOP_CACHE_REDIS_URL says otherwise).
-    pub cache: Option<ConnectionManager>,
+    pub cache: Option<RedisConn>,
     pub broker: Option<Arc<Broker>>,
+    /// Wakes the program's outbox relay: call `wake()` after committing outbox rows outside
+    /// an event handler (event handlers' commits wake it by themselves). Without it the rows
+    /// wait for the relay's next poll.
+    pub outbox: outbox::Waker,
     /// Cancelled when the program stops: background tasks end on it.
     pub stop: CancellationToken,
 }
@@ -184,6 +187,7 @@ pub async fn start(
     };
 
     let stop = CancellationToken::new();
+    let outbox_waker = outbox::Waker::default();
     let ctx = Context {
         name,
         config: config.clone(),
@@ -192,6 +196,7 @@ pub async fn start(
         redis: Some(redis),
         cache,
         broker: broker.clone(),
+        outbox: outbox_waker.clone(),
         stop: stop.clone(),
     };
     let parts = program
@@ -205,7 +210,11 @@ pub async fn start(
     let relay_stop = CancellationToken::new();
     let consumer = match (&parts.handler, &broker, &pool) {
         (Some(handler), Some(broker), Some(pool)) => {
-            Some(broker.consume(name, pool.clone(), handler.clone(), consumer_stop.clone()))
+            let handler = Arc::new(WakeRelay {
+                inner: handler.clone(),
+                waker: outbox_waker.clone(),
+            });
+            Some(broker.consume(name, pool.clone(), handler, consumer_stop.clone()))
         }
         _ => None,
     };
@@ -221,7 +230,7 @@ pub async fn start(
             };
             Some(tokio::spawn(
                 relay
-                    .run(relay_stop.clone())
+                    .run_woken_by(relay_stop.clone(), outbox_waker.clone())
                     .instrument(info_span!("outbox", program = name)),
             ))
         }
@@ -321,6 +330,29 @@ pub async fn start(
         stop: own_stop,
         task,
     })
+}
+
+/// A program's handler that also wakes the outbox relay once a handled event's transaction
+/// (which may have written outbox rows) has committed.
+struct WakeRelay {
+    inner: Arc<dyn Handler>,
+    waker: outbox::Waker,
+}
+
+#[async_trait]
+impl Handler for WakeRelay {
+    async fn handle(
+        &self,
+        event: &crate::envelope::Envelope,
+        tx: &mut sqlx::PgConnection,
+    ) -> Result<(), crate::bus::HandlerError> {
+        self.inner.handle(event, tx).await
+    }
+
+    fn committed(&self, event: &crate::envelope::Envelope) {
+        self.waker.wake();
+        self.inner.committed(event);
+    }
 }
 
 /// Binds `bind:port` with a clear error.

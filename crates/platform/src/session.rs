@@ -4,7 +4,9 @@
 //! The key is `session:{sha256(token)}` rather than the token itself (a refinement of
 //! DESIGN.md): whoever can read Redis keys still cannot log in as anyone.
 
-use redis::{AsyncCommands as _, aio::ConnectionManager};
+use redis::AsyncCommands as _;
+
+use crate::redis_util::RedisConn;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -26,7 +28,7 @@ pub fn key(namespace: &str, token: &str) -> String {
 
 /// Stores a session for `ttl_secs`.
 pub async fn create(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConn,
     namespace: &str,
     token: &str,
     session: &Session,
@@ -38,7 +40,7 @@ pub async fn create(
 
 /// The session of `token`, sliding its expiry by `ttl_secs`; `None` if unknown or expired.
 pub async fn touch(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConn,
     namespace: &str,
     token: &str,
     ttl_secs: u64,
@@ -53,11 +55,7 @@ pub async fn touch(
 }
 
 /// Deletes the session of `token` (logout): the token stops working at once.
-pub async fn delete(
-    redis: &mut ConnectionManager,
-    namespace: &str,
-    token: &str,
-) -> redis::RedisResult<()> {
+pub async fn delete(redis: &mut RedisConn, namespace: &str, token: &str) -> redis::RedisResult<()> {
     redis.del(key(namespace, token)).await
 }
 

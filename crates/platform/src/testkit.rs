@@ -86,7 +86,7 @@ impl TestEnv {
     }
 
     /// A Redis connection (keys must be made with `config.redis_key`, so cleanup finds them).
-    pub async fn redis(&self) -> redis::aio::ConnectionManager {
+    pub async fn redis(&self) -> crate::redis_util::RedisConn {
         crate::redis_util::connect(&self.config.redis_url)
             .await
             .expect("redis")

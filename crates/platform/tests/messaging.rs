@@ -384,6 +384,51 @@ async fn a_panicking_handler_does_not_kill_the_consumer() {
     h.shutdown().await;
 }
 
+/// A handler that panics once after its transaction committed (in `committed`, outside the
+/// handler's own panic guard).
+#[derive(Default)]
+struct PanicsAfterCommit {
+    inner: Recorder,
+    panicked: AtomicBool,
+}
+
+#[async_trait]
+impl Handler for PanicsAfterCommit {
+    async fn handle(&self, event: &Envelope, tx: &mut PgConnection) -> Result<(), HandlerError> {
+        self.inner.handle(event, tx).await
+    }
+
+    fn committed(&self, _event: &Envelope) {
+        if !self.panicked.swap(true, Ordering::SeqCst) {
+            panic!("boom after the commit");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_panic_after_the_commit_returns_the_message_which_changes_nothing_twice() {
+    let h = Harness::new(|_| {}).await;
+    let handler = Arc::new(PanicsAfterCommit::default());
+    let consumer = h
+        .broker
+        .consume(SVC, h.env.pool.clone(), handler.clone(), h.stop.clone());
+    let e = event();
+    h.broker.publish(&e).await.unwrap();
+    // Not left unacked: redelivered, recognised by the inbox, acked.
+    let m = h.env.metrics.clone();
+    let label = shop_platform::metrics::Metrics::label("payment.requested");
+    eventually("the message comes back and is suppressed", WAIT, || async {
+        m.duplicates.get_or_create(&label).get() == 1
+    })
+    .await;
+    assert!(handler.panicked.load(Ordering::SeqCst));
+    assert_eq!(effects(&h.env.pool, e.id).await, 1);
+    assert!(h.dead_letters().await.is_empty());
+    h.stop.cancel();
+    consumer.await.unwrap();
+    h.broker.close().await;
+}
+
 #[tokio::test]
 async fn a_transient_failure_is_retried_with_delays_then_succeeds() {
     let mut h = Harness::new(|_| {}).await;

@@ -31,8 +31,8 @@ use std::{
 
 use futures::future::join_all;
 use rand::Rng as _;
-use redis::{RedisResult, Script, aio::ConnectionManager};
-use shop_platform::{config::Config, metrics::Metrics};
+use redis::{RedisResult, Script};
+use shop_platform::{config::Config, metrics::Metrics, redis_util::RedisConn};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
@@ -67,7 +67,7 @@ return 0
 pub struct Ticket(String);
 
 pub struct ProductCache {
-    conn: ConnectionManager,
+    conn: RedisConn,
     /// The namespace prefix of every key.
     config: Config,
     ttl_ms: u64,
@@ -81,7 +81,7 @@ pub struct ProductCache {
 
 impl ProductCache {
     pub fn new(
-        conn: ConnectionManager,
+        conn: RedisConn,
         config: &Config,
         metrics: Arc<Metrics>,
         stop: CancellationToken,

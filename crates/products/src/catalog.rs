@@ -18,7 +18,7 @@ use futures::{
     FutureExt as _,
     future::{BoxFuture, Shared, join_all},
 };
-use shop_platform::{http::ApiError, metrics::Metrics};
+use shop_platform::{http::ApiError, metrics::Metrics, outbox::Waker};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -33,11 +33,10 @@ pub enum LoadError {
 
 impl From<sqlx::Error> for LoadError {
     fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                LoadError::Unavailable
-            }
-            e => LoadError::Failed(format!("loading products: {e}").into()),
+        if shop_platform::http::database_unavailable(&e) {
+            LoadError::Unavailable
+        } else {
+            LoadError::Failed(format!("loading products: {e}").into())
         }
     }
 }
@@ -61,6 +60,8 @@ pub struct Catalog {
     cache: Arc<ProductCache>,
     metrics: Arc<Metrics>,
     in_flight: Mutex<HashMap<Uuid, Flight>>,
+    /// Wakes the outbox relay after a product's change (and its event) has committed.
+    outbox: Waker,
 }
 
 impl Catalog {
@@ -70,7 +71,17 @@ impl Catalog {
             cache,
             metrics,
             in_flight: Mutex::new(HashMap::new()),
+            outbox: Waker::default(),
         }
+    }
+
+    /// The catalogue, waking this relay after each committed change.
+    pub fn with_outbox(self, outbox: Waker) -> Self {
+        Catalog { outbox, ..self }
+    }
+
+    pub fn outbox(&self) -> &Waker {
+        &self.outbox
     }
 
     pub fn pool(&self) -> &PgPool {

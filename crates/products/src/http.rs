@@ -154,6 +154,7 @@ pub async fn create(
     };
     match store::create(catalog.pool(), &new).await {
         Ok(p) => {
+            catalog.outbox().wake();
             info!(product_id = %p.id, sku = %p.sku, by = %caller.user_id, "product created");
             Ok((StatusCode::CREATED, Json(p)))
         }
@@ -194,6 +195,7 @@ pub async fn update(
     let product = store::update(catalog.pool(), id, &changes)
         .await?
         .ok_or_else(|| ApiError::not_found("product"))?;
+    catalog.outbox().wake();
     // After the commit, never before: a reader between an earlier DEL and the commit would
     // cache the old row again.
     catalog.cache().invalidate_or_retry(id).await;

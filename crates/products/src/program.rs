@@ -40,7 +40,10 @@ impl Program for Products {
             ctx.metrics.clone(),
             ctx.stop.clone(),
         ));
-        let catalog = Arc::new(Catalog::new(ctx.pool().clone(), cache, ctx.metrics.clone()));
+        let catalog = Arc::new(
+            Catalog::new(ctx.pool().clone(), cache, ctx.metrics.clone())
+                .with_outbox(ctx.outbox.clone()),
+        );
         Ok(Parts {
             router: http::router(catalog),
             ..Parts::default()

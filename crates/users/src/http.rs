@@ -8,9 +8,10 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use redis::aio::ConnectionManager;
 use shop_platform::{
     http::{ApiError, ApiJson, Caller, problem},
+    outbox::Waker,
+    redis_util::RedisConn,
     session::{self, Session},
 };
 use sqlx::PgPool;
@@ -27,11 +28,13 @@ use crate::{
 pub struct AppState {
     pub pool: PgPool,
     /// The sessions Redis (not the cache: sessions must never be evicted).
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     /// Prefix of every Redis key.
     pub namespace: String,
     pub session_ttl_secs: u64,
     pub hasher: Hasher,
+    /// Wakes the outbox relay once a registration (and `user.registered`) has committed.
+    pub outbox: Waker,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -77,6 +80,7 @@ pub async fn register(
         .await??;
     match store::register(&s.pool, &email, &name, &hash).await {
         Ok(user) => {
+            s.outbox.wake();
             info!(user_id = %user.id, "user registered");
             Ok((StatusCode::CREATED, Json(user)))
         }

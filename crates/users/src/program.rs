@@ -50,6 +50,7 @@ impl Program for Users {
             namespace: ctx.config.namespace.clone(),
             session_ttl_secs: ctx.config.session_ttl_secs,
             hasher,
+            outbox: ctx.outbox.clone(),
         };
         Ok(Parts {
             router: http::router(state),
