@@ -231,23 +231,35 @@ pub async fn run(config: &Config, broker: Option<&Broker>) -> anyhow::Result<Rep
     if let Some(broker) = broker {
         let ch = broker.channel().await?;
         for svc in topology::consuming_services() {
-            let q = ch
-                .queue_declare(
-                    broker.names().queue(svc).as_str().into(),
-                    lapin::options::QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    Default::default(),
-                )
-                .await?;
-            if q.message_count() > 0 {
-                r.violations.push(format!(
-                    "{} messages still waiting in {svc}'s queue",
-                    q.message_count()
-                ));
+            // The work queue, then the retry queues (a message waiting out its retry delay is
+            // work not yet done). Unacknowledged messages are not counted here: a consumer
+            // holding one forever shows as a stuck order, a missing notification or a
+            // reservation never turned into a sale, all checked above.
+            let names = broker.names();
+            let queues = std::iter::once((names.queue(svc), "queue".to_string())).chain(
+                (1..=config.retry_delays_ms.len())
+                    .map(|i| (names.retry_queue(svc, i), format!("retry queue {i}"))),
+            );
+            for (queue, what) in queues {
+                let q = ch
+                    .queue_declare(
+                        queue.as_str().into(),
+                        lapin::options::QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        Default::default(),
+                    )
+                    .await
+                    .with_context(|| format!("looking at queue {queue}"))?;
+                if q.message_count() > 0 {
+                    r.violations.push(format!(
+                        "{} messages still waiting in {svc}'s {what}",
+                        q.message_count()
+                    ));
+                }
+                r.queued_messages += u64::from(q.message_count());
             }
-            r.queued_messages += u64::from(q.message_count());
         }
         let _ = ch.close(200, "audit".into()).await;
         for d in dlq::list(broker, None).await? {

@@ -283,3 +283,98 @@ async fn a_late_payment_after_the_deadline_is_refunded_and_the_order_cancelled()
     );
     assert_eq!(report.captured_cents, report.refunded_cents);
 }
+
+/// The audit is what every other test leans on, so it must see each kind of damage: a stuck
+/// order, stock that does not add up, a wrong capture, a missing notification, an unpublished
+/// outbox row and a message waiting in a retry queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_audit_names_every_broken_invariant() {
+    let mut shop = Cluster::start(&[]).await;
+    let admin = shop.admin().await;
+    let (alice, _) = shop.user().await;
+    let product = shop.product(&admin, 500, 5).await;
+    let first = shop.order(&alice, &[(product, 1)], "tok_visa").await;
+    let first: Uuid = first["id"].as_str().unwrap().parse().unwrap();
+    let second = shop.order(&alice, &[(product, 1)], "tok_visa").await;
+    let second: Uuid = second["id"].as_str().unwrap().parse().unwrap();
+    for id in [first, second] {
+        let done = shop.settled(&alice, &id.to_string(), SETTLE).await;
+        assert_eq!(done["status"], "CONFIRMED", "{done}");
+    }
+    assert!(shop.audit_clean().await.ok());
+
+    // Nothing may repair the damage while the audit looks at it.
+    for program in [
+        "gateway",
+        "users",
+        "products",
+        "inventory",
+        "orders",
+        "payments",
+        "notifications",
+    ] {
+        shop.kill(program);
+    }
+    let mut db = sqlx::PgConnection::connect(&shop.config.database_url)
+        .await
+        .unwrap();
+    for (sql, id) in [
+        (
+            "UPDATE orders.orders SET status = 'AWAITING_PAYMENT' WHERE id = $1",
+            second,
+        ),
+        (
+            "UPDATE inventory.stock SET available = available + 1 WHERE product_id = $1",
+            product,
+        ),
+        (
+            "UPDATE payments.payments SET amount_cents = amount_cents + 1 WHERE order_id = $1",
+            first,
+        ),
+        (
+            "DELETE FROM notifications.notifications WHERE order_id = $1",
+            first,
+        ),
+        (
+            "UPDATE orders.outbox SET sent_at = NULL WHERE id = (SELECT max(id) FROM orders.outbox) AND $1::uuid IS NOT NULL",
+            first,
+        ),
+    ] {
+        let done = sqlx::query(sql).bind(id).execute(&mut db).await.unwrap();
+        assert_eq!(done.rows_affected(), 1, "{sql}");
+    }
+    db.close().await.unwrap();
+    let broker = shop.broker().await;
+    let retry = broker.names().retry_queue("inventory", 1);
+    let ch = broker.channel().await.unwrap();
+    ch.basic_publish(
+        "".into(),
+        retry.as_str().into(),
+        Default::default(),
+        b"{}",
+        Default::default(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+
+    let report = shop::audit::run(&shop.config, Some(&broker)).await.unwrap();
+    let found = report.violations.join("\n");
+    assert!(!report.ok());
+    for expected in [
+        format!("order {second} is stuck in AWAITING_PAYMENT"),
+        format!("product {product}: initial"),
+        format!("confirmed order {first}"),
+        format!("order {first} (CONFIRMED) has 0 notifications"),
+        "orders outbox rows not published".to_string(),
+        "messages still waiting in inventory's".to_string(),
+    ] {
+        assert!(
+            found.contains(&expected),
+            "missing {expected:?} in:\n{found}"
+        );
+    }
+    let _ = ch.close(200, "test".into()).await;
+    broker.close().await;
+}

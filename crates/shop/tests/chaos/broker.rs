@@ -1,0 +1,164 @@
+//! RabbitMQ faults: stopped, killed, paused, connections closed, memory alarm. Orders keep
+//! being accepted meanwhile (they wait in the outboxes); afterwards every program has
+//! reconnected, its consumers resumed, and every saga completed.
+
+use std::time::Duration;
+
+use shop_platform::testkit::eventually;
+
+use crate::{
+    Suite,
+    harness::{Chaos, Expect},
+    turn,
+};
+
+/// Holds a fault that freezes publishing until the programs have felt it: publisher confirms
+/// timed out (after 15 s), so they gave up on the stuck connection, while orders kept being
+/// accepted.
+async fn until_publishers_gave_up(c: &Chaos, failures_before: u64) {
+    let from = c.accepted();
+    eventually(
+        "publishes time out while orders are still accepted",
+        Duration::from_secs(90),
+        || async move {
+            c.accepted() >= from + 10
+                && c.metric_sum("shop_publish_failures_total").await > failures_before
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_stopped_gracefully_and_restarted() {
+    const NAME: &str = "broker stopped gracefully and restarted";
+    let Some(_turn) = turn(NAME, Suite::Full).await else {
+        return;
+    };
+    let mut c = Chaos::start(NAME, &[]).await;
+    c.start_trickle().await;
+    c.fault("rabbitmqctl stop");
+    c.servers.rabbit.stop().await;
+    c.accepted_more(
+        10,
+        Duration::from_secs(60),
+        "orders accepted while the broker is down",
+    )
+    .await;
+    c.servers.rabbit.start().await;
+    c.healed("broker started again");
+    c.finish(Expect::normal()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_killed_and_restarted() {
+    const NAME: &str = "broker killed (kill -9) and restarted";
+    let Some(_turn) = turn(NAME, Suite::Ci).await else {
+        return;
+    };
+    let mut c = Chaos::start(NAME, &[]).await;
+    c.start_trickle().await;
+    c.fault("kill -9 of the broker");
+    c.servers.rabbit.kill().await;
+    c.accepted_more(
+        10,
+        Duration::from_secs(60),
+        "orders accepted while the broker is down",
+    )
+    .await;
+    c.servers.rabbit.start().await;
+    c.healed("broker started again");
+    c.finish(Expect::normal()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_paused_then_resumed() {
+    const NAME: &str = "broker paused (SIGSTOP) then resumed";
+    let Some(_turn) = turn(NAME, Suite::Full).await else {
+        return;
+    };
+    let mut c = Chaos::start(NAME, &[]).await;
+    c.start_trickle().await;
+    let failures = c.metric_sum("shop_publish_failures_total").await;
+    c.fault("kill -STOP of the broker");
+    c.servers.rabbit.pause();
+    until_publishers_gave_up(&c, failures).await;
+    c.servers.rabbit.resume();
+    c.healed("kill -CONT");
+    c.finish(Expect::normal()).await;
+}
+
+/// Connections of this shop's programs, as the broker lists them.
+async fn shop_connections(c: &Chaos) -> usize {
+    c.servers
+        .rabbit
+        .ctl(&["list_connections", "client_properties"])
+        .await
+        .lines()
+        .filter(|l| l.contains("shop-"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn all_client_connections_closed() {
+    const NAME: &str = "all client connections closed (3 times)";
+    let Some(_turn) = turn(NAME, Suite::Full).await else {
+        return;
+    };
+    let mut c = Chaos::start(NAME, &[]).await;
+    c.start_trickle().await;
+    let programs = shop_connections(&c).await;
+    assert!(programs >= 6, "the programs are connected ({programs})");
+    c.fault("rabbitmqctl close_all_connections, three times");
+    for round in 1..=3 {
+        let out = c
+            .servers
+            .rabbit
+            .ctl(&["close_all_connections", "test"])
+            .await;
+        let closed = out
+            .lines()
+            .find_map(|l| l.strip_prefix("Closed "))
+            .unwrap_or("?")
+            .to_string();
+        c.note(format!("round {round}: {closed}"));
+        // Every program connects again before the next round.
+        let until = tokio::time::Instant::now() + Duration::from_secs(60);
+        while shop_connections(&c).await < programs {
+            assert!(
+                tokio::time::Instant::now() < until,
+                "the programs did not reconnect within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    c.healed("programs reconnected after the third close");
+    c.finish(Expect::normal()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_memory_alarm() {
+    const NAME: &str = "broker memory alarm (publishers blocked)";
+    let Some(_turn) = turn(NAME, Suite::Full).await else {
+        return;
+    };
+    let mut c = Chaos::start(NAME, &[]).await;
+    c.start_trickle().await;
+    let failures = c.metric_sum("shop_publish_failures_total").await;
+    c.fault("vm_memory_high_watermark 0.0000001");
+    c.servers
+        .rabbit
+        .ctl(&["set_vm_memory_high_watermark", "0.0000001"])
+        .await;
+    let from = c.accepted();
+    until_publishers_gave_up(&c, failures).await;
+    c.note(format!(
+        "{} orders accepted during the alarm",
+        c.accepted() - from
+    ));
+    c.servers
+        .rabbit
+        .ctl(&["set_vm_memory_high_watermark", "0.4"])
+        .await;
+    c.healed("watermark restored to 0.4");
+    c.finish(Expect::normal()).await;
+}

@@ -1,0 +1,194 @@
+//! Program faults: a service killed with `kill -9` and restarted; a service that aborts at a
+//! crash point (after publishing but before marking its outbox rows sent; after committing a
+//! message's effects but before acking it) and is restarted without it; and a backlog, the
+//! consumers stopped while orders pile up, then started again one after the other.
+
+use std::{os::unix::process::ExitStatusExt as _, time::Duration};
+
+use crate::{
+    Suite,
+    harness::{Chaos, Expect},
+    turn,
+};
+
+async fn service_killed(program: &'static str, name: &str) {
+    let Some(_turn) = turn(name, Suite::Full).await else {
+        return;
+    };
+    let mut c = Chaos::start(name, &[]).await;
+    c.start_trickle().await;
+    c.fault(&format!("kill -9 of {program}"));
+    c.cluster.kill(program);
+    if program == "orders" {
+        // The gateway cannot place orders without it: clients see it.
+        c.refused_more(
+            4,
+            Duration::from_secs(30),
+            "orders refused while orders is down",
+        )
+        .await;
+    } else {
+        // Its work waits in its queue.
+        let until = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let depth = c.queue_depth(program).await;
+            if depth >= 20 {
+                c.note(format!("{depth} messages waiting in {program}'s queue"));
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "no work piled up for {program}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    c.cluster.spawn(program);
+    c.healed(&format!("{program} started again"));
+    c.finish(Expect::normal()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn orders_killed_and_restarted() {
+    service_killed("orders", "orders killed (kill -9) and restarted").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn inventory_killed_and_restarted() {
+    service_killed("inventory", "inventory killed (kill -9) and restarted").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn payments_killed_and_restarted() {
+    service_killed("payments", "payments killed (kill -9) and restarted").await;
+}
+
+/// Restarts `program` with `SHOP_CRASH_POINT=point`, waits for it to abort there, and starts
+/// it again without: what it had done before the crash is done once, what it had not is
+/// done after.
+async fn crash_point(program: &'static str, point: &str, name: &str, suite: Suite) {
+    let Some(_turn) = turn(name, suite).await else {
+        return;
+    };
+    let mut c = Chaos::start(name, &[]).await;
+    c.start_trickle().await;
+    c.fault(&format!(
+        "{program} restarted with SHOP_CRASH_POINT={point}"
+    ));
+    c.cluster.kill(program);
+    c.cluster
+        .spawn_with(program, &[("SHOP_CRASH_POINT", point)]);
+    let status = c.cluster.wait_exit(program, Duration::from_secs(90)).await;
+    assert_eq!(
+        status.signal(),
+        Some(6),
+        "{program} aborted at the crash point ({status})"
+    );
+    assert!(
+        c.cluster.logs().contains("crash point"),
+        "the crash point said so in the log"
+    );
+    c.note(format!("{program} aborted at {point} ({status})"));
+    c.cluster.spawn(program);
+    c.healed(&format!("{program} started again without the crash point"));
+    c.finish(Expect {
+        // What was published (or handled) but not recorded is delivered again and suppressed.
+        min_duplicates: if point.starts_with("relay.before_publish") {
+            0
+        } else {
+            1
+        },
+        ..Expect::normal()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn orders_crash_after_publish_before_marking_sent() {
+    crash_point(
+        "orders",
+        "relay.after_publish:5",
+        "orders crash point relay.after_publish:5",
+        Suite::Ci,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn payments_crash_after_commit_before_ack() {
+    crash_point(
+        "payments",
+        "consumer.before_ack:8",
+        "payments crash point consumer.before_ack:8",
+        Suite::Full,
+    )
+    .await;
+}
+
+/// Waits until `service`'s queue holds at least `n` messages.
+async fn piles_up(c: &Chaos, service: &str, n: u32) -> u32 {
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let depth = c.queue_depth(service).await;
+        if depth >= n {
+            return depth;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{service}'s queue holds {depth} messages, waited for {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `service`'s queue is empty.
+async fn drained(c: &Chaos, service: &str) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let depth = c.queue_depth(service).await;
+        if depth == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{service}'s queue still holds {depth} messages"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backlog_of_stopped_consumers() {
+    const NAME: &str = "backlog: inventory, orders, payments stopped, then restarted";
+    let Some(_turn) = turn(NAME, Suite::Full).await else {
+        return;
+    };
+    let mut c = Chaos::start(NAME, &[]).await;
+    c.start_trickle().await;
+    c.fault("inventory and payments stopped (SIGTERM) while orders keep coming");
+    for p in ["inventory", "payments"] {
+        let st = c.cluster.terminate(p);
+        assert!(st.success(), "{p} stopped cleanly ({st})");
+    }
+    let n = piles_up(&c, "inventory", 40).await;
+    c.note(format!("{n} order.created waiting for inventory"));
+    // Orders stops too; inventory works through its backlog into orders' queue.
+    let st = c.cluster.terminate("orders");
+    assert!(st.success(), "orders stopped cleanly ({st})");
+    c.cluster.spawn("inventory");
+    drained(&c, "inventory").await;
+    let n = piles_up(&c, "orders", 1).await;
+    c.note(format!(
+        "inventory drained its backlog; {n} stock events waiting for orders"
+    ));
+    // Orders works through its backlog into payments' queue.
+    c.cluster.spawn("orders");
+    drained(&c, "orders").await;
+    let n = piles_up(&c, "payments", 1).await;
+    c.note(format!(
+        "orders drained its backlog; {n} payment requests waiting for payments"
+    ));
+    c.cluster.spawn("payments");
+    c.healed("payments started: every consumer runs again");
+    c.finish(Expect::normal()).await;
+}

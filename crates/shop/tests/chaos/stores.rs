@@ -1,0 +1,145 @@
+//! PostgreSQL and Redis faults: the database crashed and restarted, a database's connections
+//! terminated under the programs, Redis killed and restarted empty (sessions lost: the old
+//! token is refused with 401, never a 500; product reads go on throughout).
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use sqlx::{Connection as _, PgConnection};
+
+use crate::{
+    Suite,
+    harness::{Chaos, Expect},
+    turn,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_crashed_and_restarted() {
+    const NAME: &str = "PostgreSQL stopped -m immediate and restarted";
+    let Some(_turn) = turn(NAME, Suite::Full).await else {
+        return;
+    };
+    let mut c = Chaos::start(NAME, &[]).await;
+    c.start_trickle().await;
+    c.fault("pg_ctl stop -m immediate");
+    c.servers.postgres.crash().await;
+    c.refused_more(
+        4,
+        Duration::from_secs(30),
+        "orders refused while the database is down",
+    )
+    .await;
+    c.servers.postgres.start().await;
+    c.healed("pg_ctl start (crash recovery)");
+    c.finish(Expect::normal()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_connections_terminated() {
+    const NAME: &str = "PostgreSQL connections terminated (3 times)";
+    let Some(_turn) = turn(NAME, Suite::Full).await else {
+        return;
+    };
+    let mut c = Chaos::start(NAME, &[]).await;
+    c.start_trickle().await;
+    c.fault("pg_terminate_backend of every connection to the shop database, three times");
+    let url = c.servers.postgres.url();
+    for round in 1..=3 {
+        let mut admin = PgConnection::connect(&url).await.unwrap();
+        let killed: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+        let _ = admin.close().await;
+        c.note(format!(
+            "round {round}: {} connections terminated",
+            killed.len()
+        ));
+        // The programs take orders again before the next round.
+        c.accepted_more(
+            4,
+            Duration::from_secs(60),
+            "orders accepted after the connections were terminated",
+        )
+        .await;
+    }
+    c.healed("third round done");
+    c.finish(Expect::normal()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_killed_and_restarted() {
+    const NAME: &str = "Redis killed (kill -9) and restarted empty";
+    let Some(_turn) = turn(NAME, Suite::Full).await else {
+        return;
+    };
+    let mut c = Chaos::start(NAME, &[]).await;
+    c.start_trickle().await;
+    let old_token = c.shopper_token(0);
+    let products = c.catalogue.products.clone();
+    for p in &products {
+        assert_eq!(
+            c.get(&format!("/api/products/{p}"), None).await,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(c.get("/api/me", Some(&old_token)).await, StatusCode::OK);
+
+    c.fault("kill -9 of redis-server");
+    c.servers.redis.kill();
+    // Product reads go on, from PostgreSQL.
+    for p in &products {
+        assert_eq!(
+            c.get(&format!("/api/products/{p}"), None).await,
+            StatusCode::OK,
+            "a product is read while Redis is down"
+        );
+    }
+    assert_eq!(c.get("/api/products?limit=5", None).await, StatusCode::OK);
+    // Sessions cannot be checked: 503, not 500.
+    assert_eq!(
+        c.get("/api/me", Some(&old_token)).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "an authenticated call while the session store is down"
+    );
+    c.refused_more(
+        4,
+        Duration::from_secs(30),
+        "orders refused while sessions are unreachable",
+    )
+    .await;
+    c.servers.redis.start().await;
+    c.healed("redis-server started again, empty");
+
+    // The session is gone: the old token gets 401 (after the reconnection, never 500).
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    loop {
+        let s = c.get("/api/me", Some(&old_token)).await;
+        seen.push(s.as_u16());
+        if s == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert!(
+            s == StatusCode::SERVICE_UNAVAILABLE && tokio::time::Instant::now() < until,
+            "the old token after Redis lost its sessions: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.note(format!("old token after the restart: {seen:?}"));
+    for p in &products {
+        assert_eq!(
+            c.get(&format!("/api/products/{p}"), None).await,
+            StatusCode::OK
+        );
+    }
+    // Logging in again works.
+    assert_eq!(
+        c.post("/api/auth/login", None, c.login_body(1)).await,
+        StatusCode::OK
+    );
+    c.finish(Expect::normal()).await;
+}
