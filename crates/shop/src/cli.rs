@@ -51,6 +51,10 @@ pub enum Command {
     },
     /// Fill an idempotent demo catalog (about 20 products with stock).
     Seed,
+    /// Generate load against the gateway (orders, or cached product reads), report rates,
+    /// latencies, errors and outcomes, then audit; exits non-zero if an order did not
+    /// settle or the audit fails.
+    Load(crate::load::LoadArgs),
     /// Inspect and re-drive dead-lettered messages.
     Dlq {
         #[command(subcommand)]
@@ -123,6 +127,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dlq { command } => dlq_command(&config, command).await,
+        Command::Load(args) => crate::load::run(&config, args).await,
         Command::Audit { json } => {
             let broker = dlq_broker(&config).await?;
             let report = crate::audit::run(&config, Some(&broker)).await;

@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod cli;
+pub mod load;
 
 use std::sync::Arc;
 
