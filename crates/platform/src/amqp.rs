@@ -46,6 +46,7 @@ use tracing::{Instrument as _, debug, error, info, info_span, warn};
 use crate::{
     bus::{Handler, HandlerError, PublishError, Publisher},
     config::{Config, QueueType, redact_url},
+    db,
     envelope::Envelope,
     inbox,
     metrics::Metrics,
@@ -560,8 +561,20 @@ struct Consumer {
 
 enum Fate {
     Ack,
-    Retry { attempts: i64, error: String },
-    DeadLetter { attempts: i64, reason: String },
+    Retry {
+        attempts: i64,
+        error: String,
+    },
+    /// The database is away: back through the first retry queue, the attempt not counted
+    /// (an outage longer than every retry delay must not dead-letter the work it holds up).
+    Postpone {
+        attempts: i64,
+        error: String,
+    },
+    DeadLetter {
+        attempts: i64,
+        reason: String,
+    },
 }
 
 impl Consumer {
@@ -711,6 +724,28 @@ impl Consumer {
                 }
                 r
             }
+            Fate::Postpone { attempts, error } => {
+                debug!(%error, "database away; postponing without using an attempt");
+                let props = with_headers(
+                    &delivery.properties,
+                    &[
+                        (H_ATTEMPTS, long(attempts as u64)),
+                        (H_LAST_ERROR, AMQPValue::LongString(error.into())),
+                    ],
+                );
+                let r = self
+                    .broker
+                    .publish_to_queue(
+                        &self.broker.cfg.names.retry_queue(&self.service, 1),
+                        &delivery.data,
+                        props,
+                    )
+                    .await;
+                if r.is_ok() {
+                    m.postponed.get_or_create(&label).inc();
+                }
+                r
+            }
             Fate::DeadLetter { attempts, reason } => {
                 warn!(%reason, "dead-lettering message");
                 let props = with_headers(
@@ -791,6 +826,15 @@ impl Consumer {
                 Fate::Ack
             }
             Ok(Err(HandlerError::Permanent(reason))) => Fate::DeadLetter { attempts, reason },
+            Ok(Err(HandlerError::Transient(e)))
+                if !self.broker.cfg.retry_delays.is_empty()
+                    && e.downcast_ref::<sqlx::Error>().is_some_and(db::unavailable) =>
+            {
+                Fate::Postpone {
+                    attempts,
+                    error: format!("{e:#}"),
+                }
+            }
             Ok(Err(HandlerError::Transient(e))) => {
                 self.retry_or_give_up(attempts, format!("{e:#}"))
             }

@@ -69,6 +69,20 @@ pub async fn drop_database(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether a database error means "the database is away for now, try again" rather than a
+/// bug: no connection to be had, the connection broke, or the server ended the session
+/// (SQLSTATE class 08, connection exception; 57P01 administrator command, 57P02 crash
+/// shutdown, 57P03 cannot connect now: PostgreSQL restarting or recovering).
+pub fn unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+            c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
+}
+
 /// A pool for `schema`: creates the database and schema if needed and the platform tables
 /// (outbox, inbox).
 pub async fn connect(url: &str, schema: &str, max_connections: u32) -> anyhow::Result<PgPool> {

@@ -122,23 +122,9 @@ impl ApiError {
     }
 }
 
-/// Whether a database error means "the database is away for now, try again" rather than a
-/// bug: no connection to be had, the connection broke, or the server ended the session
-/// (SQLSTATE class 08, connection exception; 57P01 administrator command, 57P02 crash
-/// shutdown, 57P03 cannot connect now: PostgreSQL restarting or recovering).
-pub fn database_unavailable(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => true,
-        sqlx::Error::Database(d) => d.code().is_some_and(|c| {
-            c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03")
-        }),
-        _ => false,
-    }
-}
-
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        if database_unavailable(&e) {
+        if crate::db::unavailable(&e) {
             error!(error = %e, "database unavailable");
             ApiError::Unavailable("the database is unavailable, try again".into())
         } else {

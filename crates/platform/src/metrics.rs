@@ -28,6 +28,7 @@ pub struct Metrics {
     pub consumed: Family<TypeLabel, Counter>,
     pub duplicates: Family<TypeLabel, Counter>,
     pub retried: Family<TypeLabel, Counter>,
+    pub postponed: Family<TypeLabel, Counter>,
     pub dead_lettered: Family<TypeLabel, Counter>,
     pub outbox_depth: Gauge,
     pub outbox_oldest_age_seconds: Gauge<f64, AtomicU64>,
@@ -50,6 +51,7 @@ impl Metrics {
             consumed: Family::default(),
             duplicates: Family::default(),
             retried: Family::default(),
+            postponed: Family::default(),
             dead_lettered: Family::default(),
             outbox_depth: Gauge::default(),
             outbox_oldest_age_seconds: Gauge::default(),
@@ -84,6 +86,11 @@ impl Metrics {
             "messages_retried",
             "Deliveries sent to a retry delay queue",
             m.retried.clone(),
+        );
+        registry.register(
+            "messages_postponed",
+            "Deliveries put back for later because the database was away (no attempt used)",
+            m.postponed.clone(),
         );
         registry.register(
             "messages_dead_lettered",

@@ -39,6 +39,8 @@ const WAIT: Duration = Duration::from_secs(15);
 struct Recorder {
     /// Transient failures still to produce, per event id.
     fail_transient: Mutex<HashMap<Uuid, usize>>,
+    /// "Database unavailable" failures still to produce, per event id.
+    fail_unavailable: Mutex<HashMap<Uuid, usize>>,
     /// Events that fail permanently while set.
     fail_permanent: Mutex<Vec<Uuid>>,
     /// Events whose handler panics.
@@ -59,6 +61,12 @@ impl Handler for Recorder {
             if *n > 0 {
                 *n -= 1;
                 return Err(HandlerError::Transient(anyhow::anyhow!("database hiccup")));
+            }
+        }
+        if let Some(n) = self.fail_unavailable.lock().unwrap().get_mut(&event.id) {
+            if *n > 0 {
+                *n -= 1;
+                return Err(sqlx::Error::PoolTimedOut.into());
             }
         }
         if self.fail_permanent.lock().unwrap().contains(&event.id) {
@@ -479,6 +487,28 @@ async fn a_message_that_keeps_failing_is_dead_lettered_with_its_last_error() {
         letter.reason
     );
     assert_eq!(letter.event_type, "payment.requested");
+    h.shutdown().await;
+}
+
+/// A database outage longer than every retry delay: the message waits it out, using none of
+/// its attempts, and is handled once the database is back instead of being dead-lettered.
+#[tokio::test]
+async fn a_database_outage_postpones_without_using_up_attempts() {
+    let mut h = Harness::new(|_| {}).await;
+    h.start_consumer();
+    let e = event();
+    // Two retries are configured (three attempts); the database is away for five.
+    h.handler.fail_unavailable.lock().unwrap().insert(e.id, 5);
+    h.broker.publish(&e).await.unwrap();
+    let pool = h.env.pool.clone();
+    eventually("handled once the database is back", WAIT, || async {
+        effects(&pool, e.id).await == 1
+    })
+    .await;
+    let label = shop_platform::metrics::Metrics::label("payment.requested");
+    assert_eq!(h.env.metrics.postponed.get_or_create(&label).get(), 5);
+    assert_eq!(h.env.metrics.retried.get_or_create(&label).get(), 0);
+    assert!(h.dead_letters().await.is_empty());
     h.shutdown().await;
 }
 

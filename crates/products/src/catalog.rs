@@ -33,7 +33,7 @@ pub enum LoadError {
 
 impl From<sqlx::Error> for LoadError {
     fn from(e: sqlx::Error) -> Self {
-        if shop_platform::http::database_unavailable(&e) {
+        if shop_platform::db::unavailable(&e) {
             LoadError::Unavailable
         } else {
             LoadError::Failed(format!("loading products: {e}").into())
