@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use shop_platform::{Envelope, bus::Publisher as _};
 use sqlx::{Connection as _, PgConnection};
 
 use crate::{
@@ -29,6 +30,58 @@ async fn postgres_crashed_and_restarted() {
         "orders refused while the database is down",
     )
     .await;
+    c.servers.postgres.start().await;
+    c.healed("pg_ctl start (crash recovery)");
+    c.finish(Expect::normal()).await;
+}
+
+/// An outage longer than every retry delay (shortened to 100 ms and 200 ms here): messages
+/// handled while the database is away go back to wait without using their attempts, and
+/// none is dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_down_longer_than_every_retry_delay() {
+    const NAME: &str = "PostgreSQL down longer than every retry delay";
+    let Some(_turn) = turn(NAME, Suite::Full).await else {
+        return;
+    };
+    let mut c = Chaos::start(NAME, &[("SHOP_RETRY_DELAYS_MS", "100,200")]).await;
+    c.start_trickle().await;
+    c.accepted_more(10, Duration::from_secs(60), "orders before the outage")
+        .await;
+    // Real saga events to deliver while the database is down, so that consumers certainly
+    // have work then (afterwards their inboxes recognise them as duplicates).
+    let mut db = PgConnection::connect(&c.cluster.config.database_url)
+        .await
+        .unwrap();
+    let bodies: Vec<String> =
+        sqlx::query_scalar("SELECT body FROM orders.outbox ORDER BY id DESC LIMIT 10")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+    let _ = db.close().await;
+    c.fault("pg_ctl stop -m immediate, longer than every retry delay");
+    c.servers.postgres.crash().await;
+    let broker = c.cluster.broker().await;
+    for body in &bodies {
+        let event: Envelope = serde_json::from_str(body).unwrap();
+        broker.publish(&event).await.unwrap();
+    }
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let postponed = c.metric_sum("shop_messages_postponed_total").await;
+        if postponed >= 30 {
+            c.note(format!(
+                "{postponed} deliveries postponed while the database was away"
+            ));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "only {postponed} deliveries postponed while the database was away"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    broker.close().await;
     c.servers.postgres.start().await;
     c.healed("pg_ctl start (crash recovery)");
     c.finish(Expect::normal()).await;
