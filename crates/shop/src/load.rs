@@ -35,6 +35,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, Utc};
 use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use reqwest::{Client, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -120,6 +121,8 @@ const AUDIT_DEADLINE: Duration = Duration::from_secs(60);
 /// Polling of an order's status: never sooner or later than this after the previous look.
 const MIN_POLL: Duration = Duration::from_millis(10);
 const MAX_POLL: Duration = Duration::from_millis(1000);
+/// Seconds of sending when neither --count nor --duration is given.
+const DEFAULT_DURATION_SECS: f64 = 10.0;
 
 /// Runs the load and prints the report; fails if an order did not settle or the audit fails.
 pub async fn run(config: &Config, args: LoadArgs) -> anyhow::Result<()> {
@@ -611,7 +614,7 @@ struct Plan {
 impl Plan {
     fn new(args: &LoadArgs, start: Instant) -> Plan {
         let duration = match (args.count, args.duration) {
-            (None, None) => Some(10.0),
+            (None, None) => Some(DEFAULT_DURATION_SECS),
             (_, d) => d,
         };
         Plan {
@@ -633,36 +636,76 @@ impl Plan {
     }
 }
 
-/// Prints a progress line on stderr every second until `stop`.
-fn progress(shared: Arc<Shared>, start: Instant, stop: CancellationToken) {
+/// Shows progress on stderr until `stop`: a live bar on a terminal, otherwise (a pipe, a log
+/// file) a line every second. Returns the bar, so that other messages can be printed above
+/// it ([`ProgressBar::suspend`]).
+fn progress(shared: Arc<Shared>, start: Instant, stop: CancellationToken) -> ProgressBar {
+    let args = &shared.args;
+    // The bar fills with requests sent for --count, with time for --duration.
+    let (len, template) = match args.count {
+        Some(n) => (
+            n,
+            "{elapsed:>4} [{bar:24.cyan/blue}] {pos}/{len} {wide_msg}",
+        ),
+        None => (
+            (args.duration.unwrap_or(DEFAULT_DURATION_SECS) * 10.0) as u64,
+            "{elapsed:>4} [{bar:24.cyan/blue}] {percent:>3}% {wide_msg}",
+        ),
+    };
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(template)
+            .expect("a valid progress template")
+            .progress_chars("=> "),
+    );
+    let live = !bar.is_hidden();
+    let handle = bar.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let every = if live {
+            Duration::from_millis(250)
+        } else {
+            Duration::from_secs(1)
+        };
+        let mut tick = tokio::time::interval(every);
         tick.tick().await;
-        let (mut last_ok, mut last_settled) = (0, 0);
+        let mut last = (0, 0, Instant::now());
         loop {
             tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
             let ok = shared.ok.load(Ordering::Relaxed);
             let settled = shared.settled.load(Ordering::Relaxed);
             let failed = shared.failed.load(Ordering::Relaxed);
-            let t = start.elapsed().as_secs_f64();
-            match shared.args.mode {
-                Mode::Orders => eprintln!(
-                    "[{t:6.1}s] accepted {ok} (+{}/s)  settled {settled} (+{}/s)  unsettled {}  failed requests {failed}",
-                    ok - last_ok,
-                    settled - last_settled,
+            let dt = last.2.elapsed().as_secs_f64().max(1e-3);
+            let rate = |now: u64, before: u64| ((now - before) as f64 / dt).round();
+            let msg = match shared.args.mode {
+                Mode::Orders => format!(
+                    "accepted {ok} ({}/s)  settled {settled} ({}/s)  unsettled {}  failed requests {failed}",
+                    rate(ok, last.0),
+                    rate(settled, last.1),
                     ok.saturating_sub(settled),
                 ),
-                Mode::GetProduct => eprintln!(
-                    "[{t:6.1}s] reads {ok} (+{}/s)  failed {failed}",
-                    ok - last_ok
-                ),
+                Mode::GetProduct => format!("reads {ok} ({}/s)  failed {failed}", rate(ok, last.0)),
+            };
+            if !live {
+                eprintln!("[{:6.1}s] {msg}", start.elapsed().as_secs_f64());
+                last = (ok, settled, Instant::now());
+                continue;
             }
-            (last_ok, last_settled) = (ok, settled);
+            // Refresh the rates once a second; the bar itself moves every tick.
+            if dt >= 1.0 {
+                bar.set_message(msg);
+                last = (ok, settled, Instant::now());
+            }
+            bar.set_position(match shared.args.count {
+                Some(_) => ok + failed,
+                None => (start.elapsed().as_secs_f64() * 10.0) as u64,
+            });
         }
+        bar.finish_and_clear();
     });
+    handle
 }
 
 /// Runs `one(index, due)` for every planned request: closed loop with `concurrency` clients,
@@ -714,7 +757,7 @@ async fn run_orders(shared: Arc<Shared>) -> Report {
     let start = Instant::now();
     let plan = Arc::new(Plan::new(&shared.args, start));
     let stop_progress = CancellationToken::new();
-    progress(shared.clone(), start, stop_progress.clone());
+    let bar = progress(shared.clone(), start, stop_progress.clone());
     let trackers = TaskTracker::new();
     let place = {
         let trackers = trackers.clone();
@@ -725,14 +768,16 @@ async fn run_orders(shared: Arc<Shared>) -> Report {
     };
     drive(&shared, plan, start, place).await;
     let sent_for = start.elapsed();
-    eprintln!(
-        "load: sending done after {:.1}s; waiting for {} order(s) to settle",
-        sent_for.as_secs_f64(),
-        shared
-            .ok
-            .load(Ordering::Relaxed)
-            .saturating_sub(shared.settled.load(Ordering::Relaxed))
-    );
+    bar.suspend(|| {
+        eprintln!(
+            "load: sending done after {:.1}s; waiting for {} order(s) to settle",
+            sent_for.as_secs_f64(),
+            shared
+                .ok
+                .load(Ordering::Relaxed)
+                .saturating_sub(shared.settled.load(Ordering::Relaxed))
+        )
+    });
     trackers.close();
     trackers.wait().await;
     stop_progress.cancel();
