@@ -194,10 +194,10 @@ async fn forward(gw: &Gateway, peer: SocketAddr, req: Request) -> Result<Respons
             out = out.header(*name, v.as_bytes());
         }
     }
-    if route.service == "users" {
-        if let Some(v) = parts.headers.get(header::AUTHORIZATION) {
-            out = out.header(header::AUTHORIZATION.as_str(), v.as_bytes());
-        }
+    if route.service == "users"
+        && let Some(v) = parts.headers.get(header::AUTHORIZATION)
+    {
+        out = out.header(header::AUTHORIZATION.as_str(), v.as_bytes());
     }
     if let Some(s) = &caller {
         out = out
@@ -219,13 +219,13 @@ async fn forward(gw: &Gateway, peer: SocketAddr, req: Request) -> Result<Respons
         StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut headers = HeaderMap::new();
     for name in FORWARDED_RESPONSE {
-        if let Some(v) = upstream.headers().get(*name) {
-            if let (Ok(n), Ok(v)) = (
+        if let Some(v) = upstream.headers().get(*name)
+            && let (Ok(n), Ok(v)) = (
                 HeaderName::from_bytes(name.as_bytes()),
                 HeaderValue::from_bytes(v.as_bytes()),
-            ) {
-                headers.insert(n, v);
-            }
+            )
+        {
+            headers.insert(n, v);
         }
     }
     let body = if route.is_stream {

@@ -167,10 +167,10 @@ async fn place(
 ) -> Result<Response, ApiError> {
     validate(&body)?;
     let key = idempotency_key(&headers)?;
-    if let Some(k) = &key {
-        if let Some(id) = store::by_idempotency_key(&state.pool, caller.user_id, k).await? {
-            return accepted(&state, id).await;
-        }
+    if let Some(k) = &key
+        && let Some(id) = store::by_idempotency_key(&state.pool, caller.user_id, k).await?
+    {
+        return accepted(&state, id).await;
     }
     let (lines, total_cents, currency) = price(&state, &body).await?;
     let order = NewOrder {

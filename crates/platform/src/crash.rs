@@ -23,10 +23,11 @@ static HITS: AtomicU64 = AtomicU64::new(0);
 
 /// Aborts the process if this crash point is armed and its count is reached.
 pub fn point(name: &str) {
-    if let Some((armed, n)) = ARMED.as_ref() {
-        if armed == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 >= *n {
-            eprintln!("crash point {name} reached: aborting");
-            std::process::abort();
-        }
+    if let Some((armed, n)) = ARMED.as_ref()
+        && armed == name
+        && HITS.fetch_add(1, Ordering::SeqCst) + 1 >= *n
+    {
+        eprintln!("crash point {name} reached: aborting");
+        std::process::abort();
     }
 }

@@ -61,10 +61,10 @@ impl Check for RedisCheck {
                 let mut m = Map::new();
                 m.insert("maxmemory".into(), json!(max));
                 m.insert("maxmemory_policy".into(), json!(policy));
-                if self.is_cache {
-                    if let Some(w) = redis_util::cache_risk(max, &policy) {
-                        m.insert("warning".into(), json!(w));
-                    }
+                if self.is_cache
+                    && let Some(w) = redis_util::cache_risk(max, &policy)
+                {
+                    m.insert("warning".into(), json!(w));
                 }
                 Ok(m)
             }

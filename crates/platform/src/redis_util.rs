@@ -113,10 +113,10 @@ pub fn cache_risk(maxmemory: u64, policy: &str) -> Option<String> {
 
 /// Logs a warning when the cache server could fill memory with no eviction policy.
 pub async fn warn_about_cache(conn: &mut RedisConn) {
-    if let Ok((max, policy)) = memory_settings(conn).await {
-        if let Some(risk) = cache_risk(max, &policy) {
-            warn!(maxmemory = max, maxmemory_policy = %policy, "{risk}");
-        }
+    if let Ok((max, policy)) = memory_settings(conn).await
+        && let Some(risk) = cache_risk(max, &policy)
+    {
+        warn!(maxmemory = max, maxmemory_policy = %policy, "{risk}");
     }
 }
 

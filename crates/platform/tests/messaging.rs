@@ -57,17 +57,17 @@ impl Handler for Recorder {
         if self.panic_on.lock().unwrap().contains(&event.id) {
             panic!("boom");
         }
-        if let Some(n) = self.fail_transient.lock().unwrap().get_mut(&event.id) {
-            if *n > 0 {
-                *n -= 1;
-                return Err(HandlerError::Transient(anyhow::anyhow!("database hiccup")));
-            }
+        if let Some(n) = self.fail_transient.lock().unwrap().get_mut(&event.id)
+            && *n > 0
+        {
+            *n -= 1;
+            return Err(HandlerError::Transient(anyhow::anyhow!("database hiccup")));
         }
-        if let Some(n) = self.fail_unavailable.lock().unwrap().get_mut(&event.id) {
-            if *n > 0 {
-                *n -= 1;
-                return Err(sqlx::Error::PoolTimedOut.into());
-            }
+        if let Some(n) = self.fail_unavailable.lock().unwrap().get_mut(&event.id)
+            && *n > 0
+        {
+            *n -= 1;
+            return Err(sqlx::Error::PoolTimedOut.into());
         }
         if self.fail_permanent.lock().unwrap().contains(&event.id) {
             return Err(HandlerError::Permanent("amount is negative".into()));

@@ -81,10 +81,10 @@ impl Report {
 }
 
 async fn scalar(conn: &mut PgConnection, sql: &str) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar::<_, i64>(sql)
+    sqlx::query_scalar::<_, i64>(sql)
         .fetch_one(conn)
         .await
-        .with_context(|| sql.to_string())?)
+        .with_context(|| sql.to_string())
 }
 
 /// Runs every check. `broker` adds the queue checks (pass `None` to check the databases only).

@@ -196,10 +196,10 @@ pub async fn run(config: &Config, args: LoadArgs) -> anyhow::Result<()> {
             report.unsettled, args.settle_timeout
         ));
     }
-    if let Some(a) = &report.audit {
-        if !a.ok() {
-            failures.push(format!("{} audit violation(s)", a.violations.len()));
-        }
+    if let Some(a) = &report.audit
+        && !a.ok()
+    {
+        failures.push(format!("{} audit violation(s)", a.violations.len()));
     }
     if failures.is_empty() {
         Ok(())
@@ -232,15 +232,15 @@ fn validate(args: &LoadArgs) -> anyhow::Result<()> {
     if args.products == 0 || args.products > 10_000 {
         bail!("--products must be 1 to 10000");
     }
-    if let Some(r) = args.rate {
-        if !(r > 0.0 && r <= 1_000_000.0) {
-            bail!("--rate must be above 0 and at most 1000000");
-        }
+    if let Some(r) = args.rate
+        && !(r > 0.0 && r <= 1_000_000.0)
+    {
+        bail!("--rate must be above 0 and at most 1000000");
     }
-    if let Some(d) = args.duration {
-        if !(d > 0.0 && d <= 86_400.0) {
-            bail!("--duration must be above 0 and at most 86400 seconds");
-        }
+    if let Some(d) = args.duration
+        && !(d > 0.0 && d <= 86_400.0)
+    {
+        bail!("--duration must be above 0 and at most 86400 seconds");
     }
     if args.count == Some(0) {
         bail!("--count must be at least 1");
