@@ -253,7 +253,7 @@ async fn an_event_committed_before_a_crash_is_published_once_after_restart() {
 }
 
 #[tokio::test]
-async fn the_relay_wakes_on_notify_and_backs_off_while_the_broker_is_away() {
+async fn the_relay_publishes_in_commit_order_and_backs_off_while_the_broker_is_away() {
     let h = Harness::new(|_| {}).await;
     let bus = shop_platform::memory::MemoryBus::new();
     bus.fail_next(3); // the broker is away for the first attempts
