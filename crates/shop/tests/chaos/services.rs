@@ -1,7 +1,8 @@
-//! Program faults: a service killed with `kill -9` and restarted; a service that aborts at a
-//! crash point (after publishing but before marking its outbox rows sent; after committing a
-//! message's effects but before acking it) and is restarted without it; and a backlog, the
-//! consumers stopped while orders pile up, then started again one after the other.
+//! Program faults: a service killed with `kill -9` and restarted; each saga service aborting
+//! at each crash point (after committing but before publishing; after publishing but before
+//! marking its outbox rows sent; after committing a message's effects but before acking it)
+//! and restarted without it; and a backlog, the consumers stopped while orders pile up, then
+//! started again one after the other.
 
 use std::{os::unix::process::ExitStatusExt as _, time::Duration};
 
@@ -123,6 +124,31 @@ async fn payments_crash_after_commit_before_ack() {
         Suite::Full,
     )
     .await;
+}
+
+/// The other worst points of each saga service (the full suite): committed but not yet
+/// published, and effects committed but not acked.
+macro_rules! crash_points {
+    ($($test:ident: $program:literal at $point:literal;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $test() {
+            crash_point(
+                $program,
+                $point,
+                concat!($program, " crash point ", $point),
+                Suite::Full,
+            )
+            .await;
+        }
+    )*};
+}
+
+crash_points! {
+    orders_crash_after_commit_before_publish: "orders" at "relay.before_publish:3";
+    orders_crash_after_commit_before_ack: "orders" at "consumer.before_ack:6";
+    inventory_crash_after_commit_before_publish: "inventory" at "relay.before_publish:3";
+    inventory_crash_after_commit_before_ack: "inventory" at "consumer.before_ack:6";
+    payments_crash_after_commit_before_publish: "payments" at "relay.before_publish:3";
 }
 
 /// Waits until `service`'s queue holds at least `n` messages.
