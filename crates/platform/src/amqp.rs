@@ -645,7 +645,9 @@ impl Consumer {
                         let me = self.clone();
                         let acker = delivery.acker.clone();
                         let queue = self.queue.clone();
+                        let held = Held::new(&self.broker.metrics);
                         inflight.spawn(async move {
+                            let _held = held;
                             // A panic outside the handler (whose panics `decide` catches) would
                             // leave the message unacked for as long as the channel lives: its
                             // saga stalls until the deadline. Return it to the queue instead.
@@ -859,6 +861,23 @@ impl Consumer {
                 reason: format!("failed after {attempts} attempts: {error}"),
             }
         }
+    }
+}
+
+/// Counts a delivery in `shop_messages_in_flight` until it is acked or returned (dropped at
+/// the end of its task, whatever way the task ends).
+struct Held(Arc<Metrics>);
+
+impl Held {
+    fn new(metrics: &Arc<Metrics>) -> Held {
+        metrics.in_flight.inc();
+        Held(metrics.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
     }
 }
 

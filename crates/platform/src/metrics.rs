@@ -30,6 +30,8 @@ pub struct Metrics {
     pub retried: Family<TypeLabel, Counter>,
     pub postponed: Family<TypeLabel, Counter>,
     pub dead_lettered: Family<TypeLabel, Counter>,
+    /// Deliveries taken from the broker and not yet acked or returned (0 on a quiet system).
+    pub in_flight: Gauge,
     pub outbox_depth: Gauge,
     pub outbox_oldest_age_seconds: Gauge<f64, AtomicU64>,
     pub cache_hits: Counter,
@@ -53,6 +55,7 @@ impl Metrics {
             retried: Family::default(),
             postponed: Family::default(),
             dead_lettered: Family::default(),
+            in_flight: Gauge::default(),
             outbox_depth: Gauge::default(),
             outbox_oldest_age_seconds: Gauge::default(),
             cache_hits: Counter::default(),
@@ -91,6 +94,11 @@ impl Metrics {
             "messages_postponed",
             "Deliveries put back for later because the database was away (no attempt used)",
             m.postponed.clone(),
+        );
+        registry.register(
+            "messages_in_flight",
+            "Deliveries received and not yet acknowledged or returned to the broker",
+            m.in_flight.clone(),
         );
         registry.register(
             "messages_dead_lettered",

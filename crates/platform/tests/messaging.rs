@@ -512,6 +512,34 @@ async fn a_database_outage_postpones_without_using_up_attempts() {
     h.shutdown().await;
 }
 
+/// A delivery counts as in flight from its receipt until its ack, so the audit can tell a
+/// consumer that holds a message unacknowledged.
+#[tokio::test]
+async fn a_delivery_is_in_flight_until_acked() {
+    let mut h = Harness::new(|_| {}).await;
+    *h.handler.delay.lock().unwrap() = Duration::from_millis(1500);
+    h.start_consumer();
+    let e = event();
+    h.broker.publish(&e).await.unwrap();
+    let handler = h.handler.clone();
+    eventually("the handler has started", WAIT, || async {
+        handler.started.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(h.env.metrics.in_flight.get(), 1, "held while handled");
+    let pool = h.env.pool.clone();
+    eventually("handled", WAIT, || async {
+        effects(&pool, e.id).await == 1
+    })
+    .await;
+    let metrics = h.env.metrics.clone();
+    eventually("no longer in flight once acked", WAIT, || async {
+        metrics.in_flight.get() == 0
+    })
+    .await;
+    h.shutdown().await;
+}
+
 #[tokio::test]
 async fn an_expired_message_is_dead_lettered_not_dropped() {
     let h = Harness::new(|c| c.message_ttl_ms = 200).await;

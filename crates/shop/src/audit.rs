@@ -7,9 +7,10 @@
 //! 3. money: one capture per confirmed order for its exact total; a cancelled order's net
 //!    (captured minus refunded) is zero;
 //! 4. exactly one order notification per terminal order;
-//! 5. every outbox row published, work queues drained, every dead letter listed with its reason.
+//! 5. every outbox row published, work and retry queues drained, no delivery held
+//!    unacknowledged by a consumer, every dead letter listed with its reason.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use anyhow::Context as _;
 use serde::Serialize;
@@ -29,6 +30,10 @@ pub struct Report {
     pub notifications: i64,
     pub outbox_unsent: i64,
     pub queued_messages: u64,
+    /// Deliveries the consumers hold unacknowledged (read from each program's `/metrics`).
+    pub unacked_messages: u64,
+    /// Programs whose unacknowledged deliveries could not be read (not running here).
+    pub unacked_unchecked: Vec<String>,
     pub dead_letters: Vec<String>,
     pub violations: Vec<String>,
 }
@@ -68,6 +73,17 @@ impl Report {
             "messages waiting in work queues",
             self.queued_messages.to_string(),
         );
+        row(
+            &mut s,
+            "messages held unacknowledged",
+            self.unacked_messages.to_string(),
+        );
+        if !self.unacked_unchecked.is_empty() {
+            s.push_str(&format!(
+                "  (not read: {} did not answer on /metrics)\n",
+                self.unacked_unchecked.join(", ")
+            ));
+        }
         row(&mut s, "dead letters", self.dead_letters.len().to_string());
         for d in &self.dead_letters {
             s.push_str(&format!("  {d}\n"));
@@ -85,6 +101,34 @@ async fn scalar(conn: &mut PgConnection, sql: &str) -> anyhow::Result<i64> {
         .fetch_one(conn)
         .await
         .with_context(|| sql.to_string())
+}
+
+/// `shop_messages_in_flight` of the program at `base_url`, or `None` if it does not answer.
+async fn in_flight(http: &reqwest::Client, base_url: &str) -> Option<u64> {
+    let text = http
+        .get(format!("{base_url}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .error_for_status()
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    Some(sum_of("shop_messages_in_flight", &text))
+}
+
+/// The sum of metric `name` over its label sets in a Prometheus text exposition.
+fn sum_of(name: &str, exposition: &str) -> u64 {
+    let value = exposition
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>();
+    value.max(0.0) as u64
 }
 
 /// Runs every check. `broker` adds the queue checks (pass `None` to check the databases only).
@@ -262,6 +306,24 @@ pub async fn run(config: &Config, broker: Option<&Broker>) -> anyhow::Result<Rep
             }
         }
         let _ = ch.close(200, "audit".into()).await;
+        // Deliveries a consumer took and never acked (a stuck handler) are invisible to a
+        // queue declaration; each program counts its own.
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        for svc in topology::consuming_services() {
+            match in_flight(&http, &config.service_url(svc)).await {
+                Some(n) => {
+                    if n > 0 {
+                        r.violations.push(format!(
+                            "{n} messages delivered to {svc} and not yet acknowledged"
+                        ));
+                    }
+                    r.unacked_messages += n;
+                }
+                None => r.unacked_unchecked.push(svc.to_string()),
+            }
+        }
         for d in dlq::list(broker, None).await? {
             r.dead_letters.push(format!(
                 "{} {} {} ({} attempts): {}",
@@ -271,4 +333,20 @@ pub async fn run(config: &Config, broker: Option<&Broker>) -> anyhow::Result<Rep
     }
     conn.close().await?;
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_metric_is_summed_over_its_label_sets_and_nothing_else() {
+        let text = "# HELP shop_messages_in_flight Deliveries received\n\
+                    # TYPE shop_messages_in_flight gauge\n\
+                    shop_messages_in_flight{program=\"orders\"} 2\n\
+                    shop_messages_in_flight_other{program=\"orders\"} 7\n\
+                    shop_messages_in_flight 1\n";
+        assert_eq!(sum_of("shop_messages_in_flight", text), 3);
+        assert_eq!(sum_of("shop_messages_consumed_total", text), 0);
+    }
 }
