@@ -3,38 +3,72 @@
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use axum::{Router, routing::any};
+use axum::{
+    Router,
+    routing::{any, get},
+};
+use clap::Args;
 use serde_json::{Map, Value};
 use shop_platform::{
     health::Check,
     service::{Context, Parts, Program},
+    session::SessionSettings,
+    topology::Identity,
 };
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::{openapi, proxy};
 
-/// The services the gateway forwards to (and whose readiness it aggregates).
-pub const SERVICES: &[&str] = &[
-    "users",
-    "products",
-    "inventory",
-    "orders",
-    "payments",
-    "notifications",
-];
+/// Who the gateway is: no schema, no queue; it reaches the services over HTTP.
+pub static IDENTITY: Identity = Identity {
+    name: "gateway",
+    consumes: &[],
+    publishes: &[],
+    uses_database: false,
+    uses_broker: false,
+    uses_cache: false,
+};
 
-pub struct Gateway;
+/// The gateway's own settings.
+#[derive(Args, Clone, Debug)]
+pub struct GatewaySettings {
+    /// Port of the gateway (the public API).
+    #[arg(long, env = "SHOP_GATEWAY_PORT", default_value_t = 8080, global = true)]
+    pub gateway_port: u16,
+
+    /// Requests per minute allowed to one user or IP at the gateway.
+    #[arg(
+        long,
+        env = "SHOP_RATE_LIMIT_PER_MIN",
+        default_value_t = 6000,
+        global = true
+    )]
+    pub rate_limit_per_min: u32,
+
+    /// Login attempts per minute allowed to one IP.
+    #[arg(
+        long,
+        env = "SHOP_LOGIN_RATE_LIMIT_PER_MIN",
+        default_value_t = 30,
+        global = true
+    )]
+    pub login_rate_limit_per_min: u32,
+}
+
+/// The gateway: forwards the public API to the services of its [`Context::fleet`] and
+/// aggregates their readiness.
+pub struct Gateway {
+    pub settings: GatewaySettings,
+    pub sessions: SessionSettings,
+}
 
 #[async_trait]
 impl Program for Gateway {
-    fn name(&self) -> &'static str {
-        "gateway"
+    fn identity(&self) -> &'static Identity {
+        &IDENTITY
     }
-    fn uses_database(&self) -> bool {
-        false
-    }
-    fn uses_broker(&self) -> bool {
-        false
+    fn port(&self) -> u16 {
+        self.settings.gateway_port
     }
 
     async fn build(&self, ctx: &Context) -> anyhow::Result<Parts> {
@@ -51,20 +85,30 @@ impl Program for Gateway {
             .build()?;
         let gw = Arc::new(proxy::Gateway {
             config: ctx.config.clone(),
+            settings: self.settings.clone(),
+            sessions: self.sessions.clone(),
+            fleet: ctx.fleet.clone(),
             redis: ctx.redis.clone().expect("the gateway uses Redis"),
             http: http.clone(),
             streams,
         });
         let router = Router::new()
             .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::document()))
+            .route(
+                "/asyncapi.json",
+                get(axum::Json(shop_platform::asyncapi::document(
+                    ctx.fleet.topology.programs(),
+                ))),
+            )
             .route("/api/{*rest}", any(proxy::proxy))
             .with_state(gw);
-        let checks: Vec<Arc<dyn Check>> = SERVICES
-            .iter()
-            .map(|s| {
+        let checks: Vec<Arc<dyn Check>> = ctx
+            .fleet
+            .others(IDENTITY.name)
+            .map(|(name, url)| {
                 Arc::new(UpstreamCheck {
-                    name: s,
-                    url: format!("{}/health/ready", ctx.config.service_url(s)),
+                    name,
+                    url: format!("{url}/health/ready"),
                     http: http.clone(),
                 }) as Arc<dyn Check>
             })

@@ -14,8 +14,18 @@ use shop_platform::{
     config::Config,
     http::{ApiError, BODY_LIMIT, X_REQUEST_ID, X_USER_ID, X_USER_ROLE},
     redis_util::RedisConn,
-    session::{self, Session},
+    service::Fleet,
+    session::{self, Session, SessionSettings},
 };
+
+use crate::program::GatewaySettings;
+
+/// The services that own the public routes (each declared by its own crate).
+const USERS: &str = shop_users::program::IDENTITY.name;
+const PRODUCTS: &str = shop_products::program::IDENTITY.name;
+const INVENTORY: &str = shop_inventory::program::IDENTITY.name;
+const ORDERS: &str = shop_orders::program::IDENTITY.name;
+const NOTIFICATIONS: &str = shop_notifications::program::IDENTITY.name;
 use tracing::warn;
 
 /// Who may call a route.
@@ -49,39 +59,39 @@ pub fn classify(method: &Method, path: &str) -> Result<Route, ApiError> {
     };
     use Access::*;
     let found: Option<Vec<(Method, Route)>> = match segs.as_slice() {
-        ["api", "auth", "register"] => Some(vec![(Method::POST, r("users", Public))]),
+        ["api", "auth", "register"] => Some(vec![(Method::POST, r(USERS, Public))]),
         ["api", "auth", "login"] => Some(vec![(
             Method::POST,
             Route {
                 is_login: true,
-                ..r("users", Public)
+                ..r(USERS, Public)
             },
         )]),
-        ["api", "auth", "logout"] => Some(vec![(Method::POST, r("users", User))]),
-        ["api", "me"] => Some(vec![(Method::GET, r("users", User))]),
+        ["api", "auth", "logout"] => Some(vec![(Method::POST, r(USERS, User))]),
+        ["api", "me"] => Some(vec![(Method::GET, r(USERS, User))]),
         ["api", "products"] => Some(vec![
-            (Method::GET, r("products", Public)),
-            (Method::POST, r("products", Admin)),
+            (Method::GET, r(PRODUCTS, Public)),
+            (Method::POST, r(PRODUCTS, Admin)),
         ]),
         ["api", "products", _] => Some(vec![
-            (Method::GET, r("products", Public)),
-            (Method::PATCH, r("products", Admin)),
+            (Method::GET, r(PRODUCTS, Public)),
+            (Method::PATCH, r(PRODUCTS, Admin)),
         ]),
-        ["api", "inventory", _] => Some(vec![(Method::GET, r("inventory", Public))]),
-        ["api", "inventory", _, "adjustments"] => Some(vec![(Method::POST, r("inventory", Admin))]),
+        ["api", "inventory", _] => Some(vec![(Method::GET, r(INVENTORY, Public))]),
+        ["api", "inventory", _, "adjustments"] => Some(vec![(Method::POST, r(INVENTORY, Admin))]),
         ["api", "orders"] => Some(vec![
-            (Method::GET, r("orders", User)),
-            (Method::POST, r("orders", User)),
+            (Method::GET, r(ORDERS, User)),
+            (Method::POST, r(ORDERS, User)),
         ]),
-        ["api", "orders", _] => Some(vec![(Method::GET, r("orders", User))]),
+        ["api", "orders", _] => Some(vec![(Method::GET, r(ORDERS, User))]),
         ["api", "orders", _, "events"] => Some(vec![(
             Method::GET,
             Route {
                 is_stream: true,
-                ..r("orders", User)
+                ..r(ORDERS, User)
             },
         )]),
-        ["api", "notifications"] => Some(vec![(Method::GET, r("notifications", User))]),
+        ["api", "notifications"] => Some(vec![(Method::GET, r(NOTIFICATIONS, User))]),
         _ => None,
     };
     let Some(methods) = found else {
@@ -97,6 +107,10 @@ pub fn classify(method: &Method, path: &str) -> Result<Route, ApiError> {
 /// Shared state of the gateway.
 pub struct Gateway {
     pub config: Config,
+    pub settings: GatewaySettings,
+    pub sessions: SessionSettings,
+    /// Where each service is reached.
+    pub fleet: Fleet,
     pub redis: RedisConn,
     /// For ordinary requests: pooled connections, connect and total timeouts.
     pub http: reqwest::Client,
@@ -131,7 +145,7 @@ async fn forward(gw: &Gateway, peer: SocketAddr, req: Request) -> Result<Respons
     let ip = peer.ip().to_string();
 
     if route.is_login {
-        rate_limit(gw, "login", &ip, gw.config.login_rate_limit_per_min).await?;
+        rate_limit(gw, "login", &ip, gw.settings.login_rate_limit_per_min).await?;
     }
     let token = session::bearer(
         parts
@@ -153,11 +167,11 @@ async fn forward(gw: &Gateway, peer: SocketAddr, req: Request) -> Result<Respons
                 gw,
                 "user",
                 &s.user_id.to_string(),
-                gw.config.rate_limit_per_min,
+                gw.settings.rate_limit_per_min,
             )
             .await?
         }
-        None => rate_limit(gw, "ip", &ip, gw.config.rate_limit_per_min).await?,
+        None => rate_limit(gw, "ip", &ip, gw.settings.rate_limit_per_min).await?,
     }
 
     let bytes = axum::body::to_bytes(body, BODY_LIMIT)
@@ -174,7 +188,10 @@ async fn forward(gw: &Gateway, peer: SocketAddr, req: Request) -> Result<Respons
 
     let url = format!(
         "{}{}",
-        gw.config.service_url(route.service),
+        gw.fleet.url(route.service).map_err(|e| {
+            warn!(error = %e, "no URL for a routed service");
+            ApiError::Unavailable(format!("{} is unavailable", route.service))
+        })?,
         parts
             .uri
             .path_and_query()
@@ -194,7 +211,7 @@ async fn forward(gw: &Gateway, peer: SocketAddr, req: Request) -> Result<Respons
             out = out.header(*name, v.as_bytes());
         }
     }
-    if route.service == "users"
+    if route.service == USERS
         && let Some(v) = parts.headers.get(header::AUTHORIZATION)
     {
         out = out.header(header::AUTHORIZATION.as_str(), v.as_bytes());
@@ -266,7 +283,7 @@ async fn authenticate(gw: &Gateway, token: &str) -> Result<Session, ApiError> {
             &mut redis,
             &gw.config.namespace,
             token,
-            gw.config.session_ttl_secs,
+            gw.sessions.session_ttl_secs,
         ),
     )
     .await;

@@ -208,17 +208,3 @@ fn ensure(done: bool, order_id: Uuid, line: &Line, what: &str) -> Result<(), Han
         )))
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn handles_exactly_its_bindings() {
-        let mut handled = HANDLED.to_vec();
-        handled.sort();
-        let mut bound = shop_platform::topology::bindings_of("inventory").to_vec();
-        bound.sort();
-        assert_eq!(handled, bound);
-    }
-}

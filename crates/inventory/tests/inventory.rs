@@ -1,28 +1,27 @@
 //! The inventory service against the real servers: events in through RabbitMQ, effects read
 //! from its tables and outbox, stock read and adjusted over HTTP.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use shop_inventory::{Inventory, stock_report};
 use shop_platform::{
     Envelope, Event,
-    amqp::Broker,
     bus::Publisher,
     events::{OrderConfirmed, OrderCreated, OrderLine, ProductCreated, StockReleaseRequested},
-    service::Running,
-    testkit::{TestEnv, eventually},
+    testkit::{TestService, WAIT, eventually},
 };
 use uuid::Uuid;
 
-const WAIT: Duration = Duration::from_secs(20);
+/// Inventory running on the real servers ([`TestService`]), with its own helpers.
+struct Svc(TestService);
 
-struct Svc {
-    env: TestEnv,
-    running: Running,
-    broker: Arc<Broker>,
-    http: reqwest::Client,
+impl std::ops::Deref for Svc {
+    type Target = TestService;
+    fn deref(&self) -> &TestService {
+        &self.0
+    }
 }
 
 impl Svc {
@@ -31,19 +30,24 @@ impl Svc {
     }
 
     async fn start_with(tweak: impl FnOnce(&mut shop_platform::config::Config)) -> Svc {
-        let env = TestEnv::new("inventory", tweak).await;
-        let running = env.start(Arc::new(Inventory)).await;
-        let broker = env.broker().await;
-        Svc {
-            env,
-            running,
-            broker,
-            http: reqwest::Client::new(),
-        }
+        let inventory = Inventory {
+            settings: shop_platform::config::defaults(),
+        };
+        Svc(TestService::start(Arc::new(inventory), tweak).await)
     }
 
-    async fn publish(&self, event: &Envelope) {
-        self.broker.publish(event).await.expect("published");
+    /// The events inventory emitted about `order_id`, oldest first: (type, payload).
+    async fn emitted(&self, order_id: Uuid) -> Vec<(String, Value)> {
+        pairs(self.0.emitted(order_id).await)
+    }
+
+    /// Waits until inventory emitted `n` events about `order_id`, and returns them.
+    async fn wait_emitted(&self, order_id: Uuid, n: usize) -> Vec<(String, Value)> {
+        pairs(self.0.wait_emitted(order_id, n).await)
+    }
+
+    async fn stop(self) {
+        self.0.stop().await;
     }
 
     /// A product with `stock` units, once inventory has seen its product.created.
@@ -58,65 +62,10 @@ impl Svc {
         product_id
     }
 
-    /// The events inventory emitted about `order_id`, oldest first: (type, payload).
-    async fn emitted(&self, order_id: Uuid) -> Vec<(String, Value)> {
-        emitted(&self.env.pool, order_id).await
-    }
-
-    /// Waits until inventory emitted `n` events about `order_id`, and returns them.
-    async fn wait_emitted(&self, order_id: Uuid, n: usize) -> Vec<(String, Value)> {
-        let pool = self.env.pool.clone();
-        eventually(&format!("{n} events about {order_id}"), WAIT, || async {
-            emitted(&pool, order_id).await.len() >= n
-        })
-        .await;
-        self.emitted(order_id).await
-    }
-
     async fn level(&self, product_id: Uuid) -> (i64, i64, i64) {
         level(&self.env.pool, product_id)
             .await
             .expect("stock exists")
-    }
-
-    /// Deliveries of `event_type` finished (handled or recognised as duplicates), from the
-    /// program's own metrics.
-    async fn handled(&self, event_type: &str) -> u64 {
-        self.metric("shop_messages_consumed_total", event_type)
-            .await
-            + self
-                .metric("shop_messages_duplicate_total", event_type)
-                .await
-    }
-
-    /// A per-event-type counter of the program's `/metrics`.
-    async fn metric(&self, name: &str, event_type: &str) -> u64 {
-        let url = format!("http://{}/metrics", self.running.addr);
-        let text = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let (prefix, label) = (format!("{name}{{"), format!("event_type=\"{event_type}\""));
-        text.lines()
-            .filter(|l| l.starts_with(&prefix) && l.contains(&label))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
-    }
-
-    async fn wait_handled(&self, event_type: &str, n: u64) {
-        eventually(&format!("{n} {event_type} handled"), WAIT, || async {
-            self.handled(event_type).await >= n
-        })
-        .await;
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.running.addr, path)
     }
 
     async fn adjust(
@@ -137,11 +86,6 @@ impl Svc {
         let resp = req.send().await.unwrap();
         let status = resp.status();
         (status, resp.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn stop(self) {
-        self.running.stop().await.unwrap();
-        self.broker.close().await;
     }
 }
 
@@ -202,19 +146,11 @@ fn confirmed(order_id: Uuid) -> Envelope {
     )
 }
 
-async fn emitted(pool: &sqlx::PgPool, order_id: Uuid) -> Vec<(String, Value)> {
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT event_type, body FROM outbox WHERE (body::jsonb ->> 'aggregate_id')::uuid = $1 ORDER BY id",
-    )
-    .bind(order_id)
-    .fetch_all(pool)
-    .await
-    .unwrap();
-    rows.into_iter()
-        .map(|(t, body)| {
-            let env: Envelope = serde_json::from_str(&body).unwrap();
-            (t, env.payload)
-        })
+/// (type, payload) of each envelope.
+fn pairs(events: Vec<Envelope>) -> Vec<(String, Value)> {
+    events
+        .into_iter()
+        .map(|e| (e.event_type, e.payload))
         .collect()
 }
 

@@ -68,17 +68,3 @@ impl Handler for NotificationsHandler {
         Ok(())
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn handles_exactly_its_bindings() {
-        let mut handled = HANDLED.to_vec();
-        handled.sort();
-        let mut bound = shop_platform::topology::bindings_of("notifications").to_vec();
-        bound.sort();
-        assert_eq!(handled, bound);
-    }
-}

@@ -14,5 +14,5 @@ pub mod program;
 pub mod sender;
 pub mod store;
 
-pub use program::{Notifications, NotificationsVia};
+pub use program::Notifications;
 pub use sender::{LogSender, Sender};

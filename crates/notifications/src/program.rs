@@ -3,60 +3,77 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use shop_platform::service::{Context, Parts, Program};
+use clap::Args;
+use shop_platform::{
+    Event as _, events,
+    service::{Context, Parts, Program},
+    topology::Identity,
+};
 use sqlx::PgPool;
 
 use crate::{
-    handlers::NotificationsHandler,
+    handlers::{self, NotificationsHandler},
     http,
     sender::{LogSender, Sender},
 };
 
-/// The notifications program, sending through the log ([`LogSender`]).
-pub struct Notifications;
+/// Who the notifications service is: it tells users about their orders and welcomes them.
+pub static IDENTITY: Identity = Identity::service(
+    "notifications",
+    handlers::HANDLED,
+    &[events::NotificationSent::TYPE],
+);
 
-/// The notifications program sending through another [`Sender`] (a provider, a test double).
-pub struct NotificationsVia(pub Arc<dyn Sender>);
+/// The notifications service's own settings.
+#[derive(Args, Clone, Debug)]
+pub struct NotificationsSettings {
+    /// Port of the notifications service.
+    #[arg(
+        long,
+        env = "SHOP_NOTIFICATIONS_PORT",
+        default_value_t = 8086,
+        global = true
+    )]
+    pub notifications_port: u16,
+}
+
+/// The notifications program, sending through `sender`.
+pub struct Notifications {
+    pub settings: NotificationsSettings,
+    pub sender: Arc<dyn Sender>,
+}
+
+impl Notifications {
+    /// Sending through the log ([`LogSender`]).
+    pub fn new(settings: NotificationsSettings) -> Self {
+        Notifications {
+            settings,
+            sender: Arc::new(LogSender),
+        }
+    }
+}
 
 #[async_trait]
 impl Program for Notifications {
-    fn name(&self) -> &'static str {
-        "notifications"
+    fn identity(&self) -> &'static Identity {
+        &IDENTITY
+    }
+    fn port(&self) -> u16 {
+        self.settings.notifications_port
     }
 
     async fn migrate(&self, pool: &PgPool) -> anyhow::Result<()> {
-        migrate(pool).await
+        sqlx::migrate!("./migrations").run(pool).await?;
+        Ok(())
     }
 
     async fn build(&self, ctx: &Context) -> anyhow::Result<Parts> {
-        Ok(parts(ctx, Arc::new(LogSender)))
-    }
-}
-
-#[async_trait]
-impl Program for NotificationsVia {
-    fn name(&self) -> &'static str {
-        "notifications"
-    }
-
-    async fn migrate(&self, pool: &PgPool) -> anyhow::Result<()> {
-        migrate(pool).await
-    }
-
-    async fn build(&self, ctx: &Context) -> anyhow::Result<Parts> {
-        Ok(parts(ctx, self.0.clone()))
-    }
-}
-
-async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    sqlx::migrate!("./migrations").run(pool).await?;
-    Ok(())
-}
-
-fn parts(ctx: &Context, sender: Arc<dyn Sender>) -> Parts {
-    Parts {
-        router: http::router(ctx.pool().clone()),
-        handler: Some(Arc::new(NotificationsHandler { sender })),
-        ..Default::default()
+        Ok(Parts {
+            router: http::router(ctx.pool().clone()),
+            handler: Some(Arc::new(NotificationsHandler {
+                sender: self.sender.clone(),
+            })),
+            ..Default::default()
+        })
     }
 }

@@ -58,3 +58,14 @@ pub async fn of_user(pool: &PgPool, user_id: Uuid) -> sqlx::Result<Vec<Notificat
     .fetch_all(pool)
     .await
 }
+
+/// How many notifications each order has, for the invariant audit (schema-qualified, so
+/// that any pool on the shop's database can run it).
+pub async fn per_order(pool: &PgPool) -> sqlx::Result<Vec<(Uuid, i64)>> {
+    sqlx::query_as(
+        "SELECT order_id, count(*) FROM notifications.notifications
+         WHERE order_id IS NOT NULL GROUP BY order_id",
+    )
+    .fetch_all(pool)
+    .await
+}

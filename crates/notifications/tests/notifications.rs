@@ -1,26 +1,18 @@
 //! The notifications service against the real servers: facts in through RabbitMQ, one
 //! notification (and one send) per fact, listed over HTTP to their owner only.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use reqwest::StatusCode;
 use serde_json::Value;
-use shop_notifications::{NotificationsVia, Sender, store::Notification};
+use shop_notifications::{Notifications, Sender, store::Notification};
 use shop_platform::{
     Envelope, Event,
-    amqp::Broker,
-    bus::Publisher,
     events::{OrderCancelled, OrderConfirmed, UserRegistered},
-    service::Running,
-    testkit::{TestEnv, eventually},
+    testkit::{TestService, WAIT, eventually},
 };
 use uuid::Uuid;
-
-const WAIT: Duration = Duration::from_secs(20);
 
 /// Records what was sent; fails the first `fail` sends.
 #[derive(Default)]
@@ -42,31 +34,31 @@ impl Sender for Outbox {
     }
 }
 
-struct Svc {
-    env: TestEnv,
-    running: Running,
-    broker: Arc<Broker>,
-    http: reqwest::Client,
-    sender: Arc<Outbox>,
+/// Notifications running on the real servers ([`TestService`]), with its own helpers.
+struct Svc(TestService, Arc<Outbox>);
+
+impl std::ops::Deref for Svc {
+    type Target = TestService;
+    fn deref(&self) -> &TestService {
+        &self.0
+    }
 }
 
 impl Svc {
     async fn start() -> Svc {
-        let env = TestEnv::new("notifications", |_| {}).await;
         let sender = Arc::new(Outbox::default());
-        let running = env.start(Arc::new(NotificationsVia(sender.clone()))).await;
-        let broker = env.broker().await;
-        Svc {
-            env,
-            running,
-            broker,
-            http: reqwest::Client::new(),
+        let notifications = Notifications {
+            settings: shop_platform::config::defaults(),
+            sender: sender.clone(),
+        };
+        Svc(
+            TestService::start(Arc::new(notifications), |_| {}).await,
             sender,
-        }
+        )
     }
 
-    async fn publish(&self, event: &Envelope) {
-        self.broker.publish(event).await.expect("published");
+    async fn stop(self) {
+        self.0.stop().await;
     }
 
     /// (kind, subject, body) of the user's recorded notifications, oldest first.
@@ -85,39 +77,6 @@ impl Svc {
             .unwrap()
     }
 
-    /// A per-event-type counter of the program's `/metrics`.
-    async fn metric(&self, name: &str, event_type: &str) -> u64 {
-        let url = format!("http://{}/metrics", self.running.addr);
-        let text = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let (prefix, label) = (format!("{name}{{"), format!("event_type=\"{event_type}\""));
-        text.lines()
-            .filter(|l| l.starts_with(&prefix) && l.contains(&label))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
-    }
-
-    /// Waits until `n` deliveries of `event_type` were finished (handled or recognised as
-    /// duplicates).
-    async fn wait_handled(&self, event_type: &str, n: u64) {
-        eventually(&format!("{n} {event_type} handled"), WAIT, || async {
-            self.metric("shop_messages_consumed_total", event_type)
-                .await
-                + self
-                    .metric("shop_messages_duplicate_total", event_type)
-                    .await
-                >= n
-        })
-        .await;
-    }
-
     async fn list(&self, user_id: Option<Uuid>) -> (StatusCode, Value) {
         let mut req = self
             .http
@@ -129,11 +88,6 @@ impl Svc {
         }
         let resp = req.send().await.unwrap();
         (resp.status(), resp.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn stop(self) {
-        self.running.stop().await.unwrap();
-        self.broker.close().await;
     }
 }
 
@@ -216,7 +170,7 @@ async fn each_fact_is_notified_once_however_often_it_arrives() {
         "{body}"
     );
 
-    assert_eq!(svc.sender.sent.lock().unwrap().len(), 3, "each sent once");
+    assert_eq!(svc.1.sent.lock().unwrap().len(), 3, "each sent once");
     assert_eq!(svc.sent_events().await, 3, "one notification.sent each");
     let per_order: Vec<(Uuid, i64)> = sqlx::query_as(
         "SELECT order_id, count(*) FROM notifications WHERE order_id IS NOT NULL GROUP BY order_id ORDER BY order_id",
@@ -263,11 +217,11 @@ async fn cancel_reasons_are_explained_in_words() {
 #[tokio::test]
 async fn a_failed_send_is_retried_and_recorded_once() {
     let svc = Svc::start().await;
-    *svc.sender.fail.lock().unwrap() = 1;
+    *svc.1.fail.lock().unwrap() = 1;
     let (user, order) = (Uuid::now_v7(), Uuid::now_v7());
     svc.publish(&confirmed(user, order)).await;
     eventually("sent after a retry", WAIT, || async {
-        svc.sender.sent.lock().unwrap().len() == 1
+        svc.1.sent.lock().unwrap().len() == 1
     })
     .await;
     svc.wait_handled(OrderConfirmed::TYPE, 1).await;

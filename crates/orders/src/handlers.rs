@@ -1,6 +1,7 @@
-//! The orchestrator's I/O: saga events from inventory and payments, and passed deadlines,
-//! turned into transitions of the pure state machine ([`crate::saga`]) and applied with
-//! [`crate::store::apply`] in the consumer's (inbox) transaction.
+//! The orchestrator's I/O: saga events from inventory and payments (translated by
+//! [`crate::messages`]), and passed deadlines, turned into transitions of the pure state
+//! machine ([`crate::saga`]) and applied with [`crate::store::apply`] in the consumer's
+//! (inbox) transaction.
 
 use std::{sync::Arc, time::Duration};
 
@@ -8,10 +9,6 @@ use async_trait::async_trait;
 use shop_platform::{
     Envelope,
     bus::{Handler, HandlerError},
-    events::{
-        PaymentFailed, PaymentRefunded, PaymentSucceeded, StockRejected, StockReleased,
-        StockReserved,
-    },
     outbox::Waker,
 };
 use sqlx::{PgConnection, PgPool};
@@ -21,6 +18,7 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::{
+    messages::translate,
     saga::{SagaEvent, decide},
     store,
 };
@@ -30,46 +28,6 @@ pub struct SagaHandler {
     pub deadline: Duration,
     /// Told the order id once a transition has committed (for this instance's event streams).
     pub changes: broadcast::Sender<Uuid>,
-}
-
-/// The order an event is about, and what it means to the saga.
-pub fn translate(event: &Envelope) -> Result<(Uuid, SagaEvent), HandlerError> {
-    Ok(match event.event_type.as_str() {
-        "stock.reserved" => (
-            event.decode::<StockReserved>()?.order_id,
-            SagaEvent::StockReserved,
-        ),
-        "stock.rejected" => (
-            event.decode::<StockRejected>()?.order_id,
-            SagaEvent::StockRejected,
-        ),
-        "stock.released" => (
-            event.decode::<StockReleased>()?.order_id,
-            SagaEvent::StockReleased,
-        ),
-        "payment.succeeded" => {
-            let p = event.decode::<PaymentSucceeded>()?;
-            (
-                p.order_id,
-                SagaEvent::PaymentSucceeded {
-                    payment_id: p.payment_id,
-                },
-            )
-        }
-        "payment.failed" => (
-            event.decode::<PaymentFailed>()?.order_id,
-            SagaEvent::PaymentFailed,
-        ),
-        "payment.refunded" => (
-            event.decode::<PaymentRefunded>()?.order_id,
-            SagaEvent::PaymentRefunded,
-        ),
-        other => {
-            return Err(HandlerError::Permanent(format!(
-                "orders does not handle {other}"
-            )));
-        }
-    })
 }
 
 #[async_trait]
@@ -130,11 +88,6 @@ pub async fn run_deadlines(
             _ = tokio::time::sleep(tick) => {}
         }
     }
-}
-
-/// One batch of passed deadlines; returns how many fired.
-pub async fn fire_due(pool: &PgPool, deadline: Duration) -> sqlx::Result<usize> {
-    Ok(fire_due_ids(pool, deadline).await?.len())
 }
 
 /// One batch of passed deadlines; returns the orders whose deadline fired.

@@ -3,18 +3,57 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use shop_platform::service::{Context, Parts, Program};
+use clap::Args;
+use shop_platform::{
+    service::{Context, Parts, Program},
+    topology::Identity,
+};
 use sqlx::PgPool;
 use tokio::sync::broadcast;
 
-use crate::{handlers, http};
+use crate::{handlers, http, messages};
 
-pub struct Orders;
+/// Who the orders service is: the saga's orchestrator, hearing from inventory and payments.
+pub static IDENTITY: Identity =
+    Identity::service("orders", messages::CONSUMES, messages::PUBLISHES);
+
+/// The program whose internal price list orders reads when it places an order.
+const PRICES_FROM: &str = "products";
+
+/// The orders service's own settings.
+#[derive(Args, Clone, Debug)]
+pub struct OrdersSettings {
+    /// Port of the orders service.
+    #[arg(long, env = "SHOP_ORDERS_PORT", default_value_t = 8084, global = true)]
+    pub orders_port: u16,
+
+    /// Deadline of each waiting saga state, in milliseconds; when it passes the saga compensates.
+    #[arg(
+        long,
+        env = "SHOP_SAGA_DEADLINE_MS",
+        default_value_t = 30_000,
+        global = true
+    )]
+    pub saga_deadline_ms: u64,
+}
+
+impl OrdersSettings {
+    pub fn saga_deadline(&self) -> Duration {
+        Duration::from_millis(self.saga_deadline_ms)
+    }
+}
+
+pub struct Orders {
+    pub settings: OrdersSettings,
+}
 
 #[async_trait]
 impl Program for Orders {
-    fn name(&self) -> &'static str {
-        "orders"
+    fn identity(&self) -> &'static Identity {
+        &IDENTITY
+    }
+    fn port(&self) -> u16 {
+        self.settings.orders_port
     }
 
     async fn migrate(&self, pool: &PgPool) -> anyhow::Result<()> {
@@ -24,7 +63,7 @@ impl Program for Orders {
 
     async fn build(&self, ctx: &Context) -> anyhow::Result<Parts> {
         let pool = ctx.pool().clone();
-        let deadline = ctx.config.saga_deadline();
+        let deadline = self.settings.saga_deadline();
         let (changes, _) = broadcast::channel(1024);
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
@@ -34,7 +73,7 @@ impl Program for Orders {
         let state = http::AppState {
             pool: pool.clone(),
             http: client,
-            products_url: ctx.config.service_url("products"),
+            products_url: ctx.fleet.url(PRICES_FROM)?.to_string(),
             deadline,
             changes: changes.clone(),
             outbox: ctx.outbox.clone(),

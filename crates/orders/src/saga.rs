@@ -1,6 +1,6 @@
 //! The order saga as a pure state machine.
 //!
-//! orders is the orchestrator of the saga described in `DESIGN.md` ("The order saga"):
+//! orders is the orchestrator of the saga described in docs/architecture.md ("The order saga"):
 //!
 //! ```text
 //! PENDING --stock.reserved--> AWAITING_PAYMENT --payment.succeeded--> CONFIRMED
@@ -271,19 +271,6 @@ pub enum Command {
     Confirm,
     /// Publish `order.cancelled`.
     Cancel(CancelReason),
-}
-
-impl Command {
-    /// The event type (and routing key) to publish for this command.
-    pub fn event_type(&self) -> &'static str {
-        match self {
-            Command::RequestPayment => "payment.requested",
-            Command::ReleaseStock => "stock.release_requested",
-            Command::RequestRefund { .. } => "payment.refund_requested",
-            Command::Confirm => "order.confirmed",
-            Command::Cancel(_) => "order.cancelled",
-        }
-    }
 }
 
 /// What another service is being waited on; each kind has its own deadline duration.
@@ -866,18 +853,6 @@ mod tests {
         assert_eq!(json["cancel_reason"], "timeout");
         assert_eq!(serde_json::from_value::<SagaState>(json).unwrap(), state);
         assert_eq!(SagaState::default(), SagaState::new());
-    }
-
-    #[test]
-    fn commands_name_their_event_types() {
-        assert_eq!(Command::RequestPayment.event_type(), "payment.requested");
-        assert_eq!(
-            Command::ReleaseStock.event_type(),
-            "stock.release_requested"
-        );
-        assert_eq!(refund(P1).event_type(), "payment.refund_requested");
-        assert_eq!(Command::Confirm.event_type(), "order.confirmed");
-        assert_eq!(Command::Cancel(Timeout).event_type(), "order.cancelled");
     }
 
     // ---- creation and pending_wait ------------------------------------------------------

@@ -3,10 +3,7 @@
 
 use shop_platform::{
     Envelope,
-    events::{
-        OrderCancelled, OrderConfirmed, OrderCreated, OrderLine, PaymentRefundRequested,
-        PaymentRequested, StockReleaseRequested,
-    },
+    events::{OrderCreated, OrderLine},
     outbox,
 };
 use sqlx::{PgConnection, PgPool, Row as _};
@@ -14,7 +11,8 @@ use uuid::Uuid;
 
 use crate::{
     api::{HistoryEntry, OrderLineView, OrderView},
-    saga::{Command, OrderStatus, SagaState, Transition},
+    messages::command_event,
+    saga::{OrderStatus, SagaState, Transition},
 };
 
 /// An order's saga as loaded for a transition.
@@ -186,45 +184,6 @@ pub async fn apply(
     Ok(true)
 }
 
-/// The event a saga command publishes.
-fn command_event(row: &SagaRow, command: &Command, cause: Option<&Envelope>) -> Envelope {
-    let id = row.id;
-    macro_rules! emit {
-        ($payload:expr) => {
-            match cause {
-                Some(c) => c.caused(id, &$payload),
-                None => Envelope::new(id, &$payload, row.correlation_id, row.correlation_id),
-            }
-        };
-    }
-    match command {
-        Command::RequestPayment => emit!(PaymentRequested {
-            order_id: id,
-            user_id: row.user_id,
-            amount_cents: row.total_cents,
-            currency: row.currency.clone(),
-            payment_token: row.payment_token.clone(),
-        }),
-        Command::ReleaseStock => emit!(StockReleaseRequested { order_id: id }),
-        Command::RequestRefund { payment_id } => emit!(PaymentRefundRequested {
-            order_id: id,
-            payment_id: *payment_id
-        }),
-        Command::Confirm => emit!(OrderConfirmed {
-            order_id: id,
-            user_id: row.user_id,
-            total_cents: row.total_cents
-        }),
-        Command::Cancel(reason) => {
-            emit!(OrderCancelled {
-                order_id: id,
-                user_id: row.user_id,
-                reason: reason.as_str().to_string()
-            })
-        }
-    }
-}
-
 /// The order as its owner sees it (None if it is not theirs or does not exist). One query:
 /// it is read after every placement and by every status poll.
 pub async fn view(pool: &PgPool, id: Uuid, owner: Option<Uuid>) -> sqlx::Result<Option<OrderView>> {
@@ -299,9 +258,22 @@ pub async fn status(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<(String, Opt
         .await
 }
 
-/// One line per order for the invariant audit: (id, status, cancel reason, total).
+/// One line per order for the invariant audit: (id, status, cancel reason, total). The
+/// tables of these audit queries are schema-qualified so that any pool on the shop's
+/// database can run them.
 pub async fn report(pool: &PgPool) -> sqlx::Result<Vec<(Uuid, String, Option<String>, i64)>> {
-    sqlx::query_as("SELECT id, status, cancel_reason, total_cents FROM orders ORDER BY id")
+    sqlx::query_as("SELECT id, status, cancel_reason, total_cents FROM orders.orders ORDER BY id")
         .fetch_all(pool)
         .await
+}
+
+/// Units of each product that confirmed orders hold, for the invariant audit.
+pub async fn sold_by_product(pool: &PgPool) -> sqlx::Result<Vec<(Uuid, i64)>> {
+    sqlx::query_as(
+        "SELECT i.product_id, sum(i.quantity)::int8 FROM orders.order_items i
+         JOIN orders.orders o ON o.id = i.order_id
+         WHERE o.status = 'CONFIRMED' GROUP BY i.product_id",
+    )
+    .fetch_all(pool)
+    .await
 }

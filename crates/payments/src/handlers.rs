@@ -203,17 +203,3 @@ async fn refund_requested(event: &Envelope, tx: &mut PgConnection) -> Result<(),
     outbox::enqueue(tx, &event.caused(p.order_id, &refunded)).await?;
     Ok(())
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn handles_exactly_its_bindings() {
-        let mut handled = HANDLED.to_vec();
-        handled.sort();
-        let mut bound = shop_platform::topology::bindings_of("payments").to_vec();
-        bound.sort();
-        assert_eq!(handled, bound);
-    }
-}

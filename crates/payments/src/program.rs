@@ -4,36 +4,94 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use async_trait::async_trait;
+use clap::Args;
 use shop_platform::{
-    config::Config,
+    Event as _, events,
     service::{Context, Parts, Program},
+    topology::Identity,
 };
 use sqlx::PgPool;
 
-use crate::{capture, handlers::PaymentsHandler, http, provider::ProviderConfig};
+use crate::{
+    capture,
+    handlers::{self, PaymentsHandler},
+    http,
+    provider::ProviderConfig,
+};
 
 /// How much later than the saga's deadline `tok_timeout` answers.
 pub const TIMEOUT_TOKEN_MARGIN: Duration = Duration::from_secs(2);
 
-pub struct Payments;
+/// Who the payments service is: it charges and refunds as the saga asks.
+pub static IDENTITY: Identity = Identity::service(
+    "payments",
+    handlers::HANDLED,
+    &[
+        events::PaymentSucceeded::TYPE,
+        events::PaymentFailed::TYPE,
+        events::PaymentRefunded::TYPE,
+    ],
+);
 
-/// The simulated provider as configured.
-pub fn provider_config(config: &Config) -> anyhow::Result<ProviderConfig> {
-    let cfg = ProviderConfig {
-        failure_rate: config.payment_failure_rate,
-        latency: Duration::from_millis(config.payment_latency_ms),
-        timeout_token_delay: config.saga_deadline() + TIMEOUT_TOKEN_MARGIN,
-    };
-    cfg.validate()
-        .map_err(anyhow::Error::msg)
-        .context("SHOP_PAYMENT_FAILURE_RATE")?;
-    Ok(cfg)
+/// The payments service's own settings (the simulated provider's, for load tests).
+#[derive(Args, Clone, Debug)]
+pub struct PaymentsSettings {
+    /// Port of the payments service.
+    #[arg(
+        long,
+        env = "SHOP_PAYMENTS_PORT",
+        default_value_t = 8085,
+        global = true
+    )]
+    pub payments_port: u16,
+
+    /// Share of payments the simulated provider declines at random (0.0 to 1.0), for load tests.
+    #[arg(
+        long,
+        env = "SHOP_PAYMENT_FAILURE_RATE",
+        default_value_t = 0.0,
+        global = true
+    )]
+    pub payment_failure_rate: f64,
+
+    /// Latency of the simulated payment provider, in milliseconds.
+    #[arg(
+        long,
+        env = "SHOP_PAYMENT_LATENCY_MS",
+        default_value_t = 0,
+        global = true
+    )]
+    pub payment_latency_ms: u64,
+}
+
+pub struct Payments {
+    pub settings: PaymentsSettings,
+    /// The saga's deadline: `tok_timeout` answers only after it.
+    pub saga_deadline: Duration,
+}
+
+impl Payments {
+    /// The simulated provider as configured.
+    pub fn provider_config(&self) -> anyhow::Result<ProviderConfig> {
+        let cfg = ProviderConfig {
+            failure_rate: self.settings.payment_failure_rate,
+            latency: Duration::from_millis(self.settings.payment_latency_ms),
+            timeout_token_delay: self.saga_deadline + TIMEOUT_TOKEN_MARGIN,
+        };
+        cfg.validate()
+            .map_err(anyhow::Error::msg)
+            .context("SHOP_PAYMENT_FAILURE_RATE")?;
+        Ok(cfg)
+    }
 }
 
 #[async_trait]
 impl Program for Payments {
-    fn name(&self) -> &'static str {
-        "payments"
+    fn identity(&self) -> &'static Identity {
+        &IDENTITY
+    }
+    fn port(&self) -> u16 {
+        self.settings.payments_port
     }
 
     async fn migrate(&self, pool: &PgPool) -> anyhow::Result<()> {
@@ -42,7 +100,7 @@ impl Program for Payments {
     }
 
     async fn build(&self, ctx: &Context) -> anyhow::Result<Parts> {
-        let provider = provider_config(&ctx.config)?;
+        let provider = self.provider_config()?;
         let pool = ctx.pool().clone();
         Ok(Parts {
             router: http::router(pool.clone()),

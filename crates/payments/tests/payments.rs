@@ -8,65 +8,45 @@ use serde_json::{Value, json};
 use shop_payments::{Payments, money_report};
 use shop_platform::{
     Envelope, Event,
-    amqp::Broker,
     bus::Publisher,
+    config::Config,
     dlq,
     events::{PaymentRefundRequested, PaymentRequested},
-    service::Running,
-    testkit::{TestEnv, eventually},
+    testkit::{TestService, WAIT, eventually},
 };
 use uuid::Uuid;
 
-const WAIT: Duration = Duration::from_secs(20);
+/// Payments running on the real servers ([`TestService`]), with its own helpers.
+struct Svc(TestService);
 
-struct Svc {
-    env: TestEnv,
-    running: Running,
-    broker: Arc<Broker>,
-    http: reqwest::Client,
+impl std::ops::Deref for Svc {
+    type Target = TestService;
+    fn deref(&self) -> &TestService {
+        &self.0
+    }
 }
 
 impl Svc {
     async fn start() -> Svc {
-        Svc::start_with(|_| {}).await
+        Svc::with_deadline(Duration::from_secs(30)).await
     }
 
-    async fn start_with(tweak: impl FnOnce(&mut shop_platform::config::Config)) -> Svc {
-        let env = TestEnv::new("payments", tweak).await;
-        let running = env.start(Arc::new(Payments)).await;
-        let broker = env.broker().await;
-        Svc {
-            env,
-            running,
-            broker,
-            http: reqwest::Client::new(),
-        }
+    /// Payments whose `tok_timeout` answers just after a saga deadline of `saga_deadline`.
+    async fn with_deadline(saga_deadline: Duration) -> Svc {
+        Svc::with(saga_deadline, |_| {}).await
     }
 
-    async fn publish(&self, event: &Envelope) {
-        self.broker.publish(event).await.expect("published");
+    /// ... and with the kernel's settings changed by `tweak`.
+    async fn with(saga_deadline: Duration, tweak: impl FnOnce(&mut Config)) -> Svc {
+        let payments = Payments {
+            settings: shop_platform::config::defaults(),
+            saga_deadline,
+        };
+        Svc(TestService::start(Arc::new(payments), tweak).await)
     }
 
-    /// Envelopes payments emitted about `order_id`, oldest first.
-    async fn emitted(&self, order_id: Uuid) -> Vec<Envelope> {
-        let rows: Vec<String> = sqlx::query_scalar(
-            "SELECT body FROM outbox WHERE (body::jsonb ->> 'aggregate_id')::uuid = $1 ORDER BY id",
-        )
-        .bind(order_id)
-        .fetch_all(&self.env.pool)
-        .await
-        .unwrap();
-        rows.iter()
-            .map(|b| serde_json::from_str(b).unwrap())
-            .collect()
-    }
-
-    async fn wait_emitted(&self, order_id: Uuid, n: usize) -> Vec<Envelope> {
-        eventually(&format!("{n} events about {order_id}"), WAIT, || async {
-            self.emitted(order_id).await.len() >= n
-        })
-        .await;
-        self.emitted(order_id).await
+    async fn stop(self) {
+        self.0.stop().await;
     }
 
     /// (payment id, status, decline code) of every payment of the order.
@@ -80,42 +60,6 @@ impl Svc {
 
     async fn status(&self, order_id: Uuid) -> Option<String> {
         self.payments(order_id).await.first().map(|p| p.1.clone())
-    }
-
-    /// A per-event-type counter of the program's `/metrics`.
-    async fn metric(&self, name: &str, event_type: &str) -> u64 {
-        let url = format!("http://{}/metrics", self.running.addr);
-        let text = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let (prefix, label) = (format!("{name}{{"), format!("event_type=\"{event_type}\""));
-        text.lines()
-            .filter(|l| l.starts_with(&prefix) && l.contains(&label))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
-    }
-
-    async fn wait_handled(&self, event_type: &str, n: u64) {
-        eventually(&format!("{n} {event_type} handled"), WAIT, || async {
-            self.metric("shop_messages_consumed_total", event_type)
-                .await
-                + self
-                    .metric("shop_messages_duplicate_total", event_type)
-                    .await
-                >= n
-        })
-        .await;
-    }
-
-    async fn stop(self) {
-        self.running.stop().await.unwrap();
-        self.broker.close().await;
     }
 }
 
@@ -279,7 +223,7 @@ async fn a_repeated_request_charges_once_and_answers_with_the_first_result() {
 #[tokio::test]
 async fn the_timeout_token_stays_pending_until_the_capturer_settles_it_after_the_deadline() {
     // tok_timeout answers after the saga deadline + 2 s: 2.3 s here.
-    let svc = Svc::start_with(|c| c.saga_deadline_ms = 300).await;
+    let svc = Svc::with_deadline(Duration::from_millis(300)).await;
     let order = Uuid::now_v7();
     let request = requested(order, 7_000, "tok_timeout");
     svc.publish(&request).await;
@@ -377,8 +321,7 @@ async fn a_refund_returns_the_money_once() {
 
 #[tokio::test]
 async fn a_refund_of_a_pending_payment_waits_for_its_capture() {
-    let svc = Svc::start_with(|c| {
-        c.saga_deadline_ms = 300;
+    let svc = Svc::with(Duration::from_millis(300), |c| {
         c.retry_delays_ms = vec![500, 1_000, 2_000, 4_000, 8_000];
     })
     .await;

@@ -33,9 +33,13 @@ fn event() -> Envelope {
     )
 }
 
+/// A service with an outbox and no queue: the relay publishes to nobody's queue.
+static SERVICE: shop_platform::topology::Identity =
+    shop_platform::topology::Identity::service("payments", &[], &[]);
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let env = TestEnv::new("payments", |_| {}).await;
+    let env = TestEnv::new(&SERVICE, |_| {}).await;
     let broker = env.broker().await;
     let relay = |batch| Relay {
         pool: env.pool.clone(),

@@ -50,7 +50,7 @@ use crate::{
     envelope::Envelope,
     inbox,
     metrics::Metrics,
-    topology::{self, Names},
+    topology::{Names, Topology},
 };
 
 /// Header: how many times this message has been attempted (1 on first delivery).
@@ -79,14 +79,17 @@ pub struct BrokerConfig {
     pub queue_type: QueueType,
     /// Shown in RabbitMQ's connection list.
     pub connection_name: String,
+    /// Every program's bindings: what to declare, and which event types have consumers.
+    pub topology: Topology,
     /// Whether to declare the topology on (re)connect. Tools that only inspect queues
     /// (`shop dlq`, `shop audit`) do not, so their settings cannot clash with the services'.
     pub declare_topology: bool,
 }
 
 impl BrokerConfig {
-    pub fn from_config(cfg: &Config, program: &str) -> Self {
+    pub fn from_config(cfg: &Config, program: &str, topology: Topology) -> Self {
         BrokerConfig {
+            topology,
             url: cfg.amqp_url.clone(),
             names: Names::new(&cfg.namespace),
             prefetch: cfg.prefetch,
@@ -99,10 +102,10 @@ impl BrokerConfig {
     }
 
     /// For tools that inspect and re-drive messages without declaring anything.
-    pub fn for_tools(cfg: &Config, tool: &str) -> Self {
+    pub fn for_tools(cfg: &Config, tool: &str, topology: Topology) -> Self {
         BrokerConfig {
             declare_topology: false,
-            ..Self::from_config(cfg, tool)
+            ..Self::from_config(cfg, tool, topology)
         }
     }
 }
@@ -330,7 +333,7 @@ impl Publisher for Broker {
         for env in events {
             let props = properties(env);
             let opts = BasicPublishOptions {
-                mandatory: topology::has_consumers(&env.event_type),
+                mandatory: self.cfg.topology.has_consumers(&env.event_type),
                 immediate: false,
             };
             let sent = live
@@ -462,7 +465,7 @@ pub async fn declare_topology(ch: &Channel, cfg: &BrokerConfig) -> anyhow::Resul
     )
     .await
     .context("declaring the events exchange")?;
-    for service in topology::consuming_services() {
+    for service in cfg.topology.consuming_services() {
         let queue = names.queue(service);
         let dlq = names.dead_letter_queue(service);
         let mut args = queue_type_args(cfg);
@@ -497,7 +500,7 @@ pub async fn declare_topology(ch: &Channel, cfg: &BrokerConfig) -> anyhow::Resul
                 .await
                 .with_context(|| format!("declaring queue {retry}"))?;
         }
-        for event_type in topology::bindings_of(service) {
+        for event_type in cfg.topology.bindings_of(service) {
             ch.queue_bind(
                 queue.as_str().into(),
                 names.exchange().into(),
@@ -805,7 +808,13 @@ impl Consumer {
                 };
             }
         };
-        if !topology::bindings_of(&self.service).contains(&env.event_type.as_str()) {
+        if !self
+            .broker
+            .cfg
+            .topology
+            .bindings_of(&self.service)
+            .contains(&env.event_type.as_str())
+        {
             return Fate::DeadLetter {
                 attempts,
                 reason: format!("{} has no handler for {}", self.service, env.event_type),

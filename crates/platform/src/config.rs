@@ -1,5 +1,9 @@
-//! Configuration: one struct, every field a `--flag` and an environment variable, so that
-//! `shop --help` is the configuration reference.
+//! The kernel's configuration: the infrastructure every program shares (server URLs,
+//! namespace, messaging, pools, timeouts). Every field is a `--flag` and an environment
+//! variable, so that `shop --help` is the configuration reference. What belongs to one
+//! service (its port, the saga deadline, cache lifetimes, rate limits, the payment
+//! simulator) is a `clap::Args` struct in that service's crate, flattened into the `shop`
+//! command line beside this one.
 
 use std::time::Duration;
 
@@ -57,48 +61,6 @@ pub struct Config {
     #[arg(long, env = "SHOP_BIND", default_value = "127.0.0.1", global = true)]
     pub bind: String,
 
-    /// Port of the gateway (the public API).
-    #[arg(long, env = "SHOP_GATEWAY_PORT", default_value_t = 8080, global = true)]
-    pub gateway_port: u16,
-    /// Port of the users service.
-    #[arg(long, env = "SHOP_USERS_PORT", default_value_t = 8081, global = true)]
-    pub users_port: u16,
-    /// Port of the products service.
-    #[arg(
-        long,
-        env = "SHOP_PRODUCTS_PORT",
-        default_value_t = 8082,
-        global = true
-    )]
-    pub products_port: u16,
-    /// Port of the inventory service.
-    #[arg(
-        long,
-        env = "SHOP_INVENTORY_PORT",
-        default_value_t = 8083,
-        global = true
-    )]
-    pub inventory_port: u16,
-    /// Port of the orders service.
-    #[arg(long, env = "SHOP_ORDERS_PORT", default_value_t = 8084, global = true)]
-    pub orders_port: u16,
-    /// Port of the payments service.
-    #[arg(
-        long,
-        env = "SHOP_PAYMENTS_PORT",
-        default_value_t = 8085,
-        global = true
-    )]
-    pub payments_port: u16,
-    /// Port of the notifications service.
-    #[arg(
-        long,
-        env = "SHOP_NOTIFICATIONS_PORT",
-        default_value_t = 8086,
-        global = true
-    )]
-    pub notifications_port: u16,
-
     /// Host the gateway uses to reach the services.
     #[arg(
         long,
@@ -115,7 +77,7 @@ pub struct Config {
     pub service_urls: Vec<String>,
 
     /// Messages a consumer may hold unacknowledged (and process concurrently). 50 rather than
-    /// DESIGN.md's 10: at saturation a service's handlers wait mostly on commits, and more
+    /// the original blueprint's 10: at saturation a service's handlers wait mostly on commits, and more
     /// messages in flight let more of them share the database's WAL flushes and the relay's
     /// batches (+15-20% completed sagas/s on two cores, the same latency at 100 orders/s).
     /// Concurrency on the database stays bounded by the pool.
@@ -182,77 +144,6 @@ pub struct Config {
     )]
     pub http_timeout_secs: u64,
 
-    /// Sliding lifetime of a login session, in seconds.
-    #[arg(
-        long,
-        env = "SHOP_SESSION_TTL_SECS",
-        default_value_t = 86_400,
-        global = true
-    )]
-    pub session_ttl_secs: u64,
-
-    /// Lifetime of a cached product, in seconds (a random jitter of up to 10% is added).
-    #[arg(long, env = "SHOP_CACHE_TTL_SECS", default_value_t = 60, global = true)]
-    pub cache_ttl_secs: u64,
-
-    /// Deadline of each waiting saga state, in milliseconds; when it passes the saga compensates.
-    #[arg(
-        long,
-        env = "SHOP_SAGA_DEADLINE_MS",
-        default_value_t = 30_000,
-        global = true
-    )]
-    pub saga_deadline_ms: u64,
-
-    /// Share of payments the simulated provider declines at random (0.0 to 1.0), for load tests.
-    #[arg(
-        long,
-        env = "SHOP_PAYMENT_FAILURE_RATE",
-        default_value_t = 0.0,
-        global = true
-    )]
-    pub payment_failure_rate: f64,
-
-    /// Latency of the simulated payment provider, in milliseconds.
-    #[arg(
-        long,
-        env = "SHOP_PAYMENT_LATENCY_MS",
-        default_value_t = 0,
-        global = true
-    )]
-    pub payment_latency_ms: u64,
-
-    /// Requests per minute allowed to one user or IP at the gateway.
-    #[arg(
-        long,
-        env = "SHOP_RATE_LIMIT_PER_MIN",
-        default_value_t = 6000,
-        global = true
-    )]
-    pub rate_limit_per_min: u32,
-
-    /// Login attempts per minute allowed to one IP.
-    #[arg(
-        long,
-        env = "SHOP_LOGIN_RATE_LIMIT_PER_MIN",
-        default_value_t = 30,
-        global = true
-    )]
-    pub login_rate_limit_per_min: u32,
-
-    /// E-mail of the administrator created or updated at start-up (none if unset).
-    #[arg(long, env = "SHOP_ADMIN_EMAIL", global = true)]
-    pub admin_email: Option<String>,
-
-    /// Password of that administrator.
-    #[arg(
-        long,
-        env = "SHOP_ADMIN_PASSWORD",
-        global = true,
-        hide_env_values = true
-    )]
-    pub admin_password: Option<String>,
-
     /// Log format: `text` or `json`.
     #[arg(long, env = "SHOP_LOG_FORMAT", default_value = "text", global = true)]
     pub log_format: String,
@@ -261,12 +152,7 @@ pub struct Config {
 impl Config {
     /// The configuration with every default, as if no flag or variable were set.
     pub fn defaults() -> Self {
-        use clap::{Command, FromArgMatches};
-        let cmd = Config::augment_args(Command::new("shop").no_binary_name(true));
-        let m = cmd
-            .try_get_matches_from(Vec::<String>::new())
-            .expect("defaults parse");
-        Config::from_arg_matches(&m).expect("defaults parse")
+        defaults()
     }
 
     pub fn cache_redis_url(&self) -> &str {
@@ -280,42 +166,34 @@ impl Config {
             .collect()
     }
 
-    pub fn saga_deadline(&self) -> Duration {
-        Duration::from_millis(self.saga_deadline_ms)
-    }
-
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs)
     }
 
-    /// The port a program listens on.
-    pub fn port_of(&self, program: &str) -> u16 {
-        match program {
-            "gateway" => self.gateway_port,
-            "users" => self.users_port,
-            "products" => self.products_port,
-            "inventory" => self.inventory_port,
-            "orders" => self.orders_port,
-            "payments" => self.payments_port,
-            "notifications" => self.notifications_port,
-            other => panic!("unknown program {other}"),
-        }
-    }
-
-    /// Base URL of a service as the gateway reaches it.
-    pub fn service_url(&self, program: &str) -> String {
+    /// Base URL at which `program` is reached on `port`: its entry in SHOP_SERVICE_URLS,
+    /// or SHOP_SERVICES_HOST and the port.
+    pub fn service_url(&self, program: &str, port: u16) -> String {
         self.service_urls
             .iter()
             .filter_map(|kv| kv.split_once('='))
             .find(|(name, _)| name.trim() == program)
             .map(|(_, url)| url.trim().trim_end_matches('/').to_string())
-            .unwrap_or_else(|| format!("http://{}:{}", self.services_host, self.port_of(program)))
+            .unwrap_or_else(|| format!("http://{}:{port}", self.services_host))
     }
 
     /// A Redis key with this shop's namespace.
     pub fn redis_key(&self, key: &str) -> String {
         format!("{}{}", self.namespace, key)
     }
+}
+
+/// Any settings struct with every default, as if no flag or variable were set.
+pub fn defaults<T: Args + clap::FromArgMatches>() -> T {
+    let cmd = T::augment_args(clap::Command::new("shop").no_binary_name(true));
+    let m = cmd
+        .try_get_matches_from(Vec::<String>::new())
+        .expect("defaults parse");
+    T::from_arg_matches(&m).expect("defaults parse")
 }
 
 /// A URL with its password masked, safe for logs and error messages.
@@ -342,17 +220,16 @@ mod tests {
         assert_eq!(c.prefetch, 50);
         assert_eq!(c.message_ttl_ms, 60_000);
         assert_eq!(c.retry_delays_ms, vec![1000, 5000, 30000]);
-        assert_eq!(c.port_of("notifications"), 8086);
         assert_eq!(c.cache_redis_url(), "redis://127.0.0.1:6379");
-        assert_eq!(c.service_url("orders"), "http://127.0.0.1:8084");
+        assert_eq!(c.service_url("orders", 8084), "http://127.0.0.1:8084");
     }
 
     #[test]
     fn service_urls_override_host_and_port() {
         let mut c = Config::defaults();
         c.service_urls = vec!["orders=http://shop-orders:9000/".into()];
-        assert_eq!(c.service_url("orders"), "http://shop-orders:9000");
-        assert_eq!(c.service_url("users"), "http://127.0.0.1:8081");
+        assert_eq!(c.service_url("orders", 8084), "http://shop-orders:9000");
+        assert_eq!(c.service_url("users", 8081), "http://127.0.0.1:8081");
     }
 
     #[test]

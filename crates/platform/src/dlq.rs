@@ -12,11 +12,8 @@ use lapin::{
 };
 use serde::Serialize;
 
-use crate::{
-    amqp::{
-        Broker, H_ATTEMPTS, H_DEAD_AT, H_QUEUE, H_REASON, header_int, header_str, replay_to_queue,
-    },
-    topology,
+use crate::amqp::{
+    Broker, H_ATTEMPTS, H_DEAD_AT, H_QUEUE, H_REASON, header_int, header_str, replay_to_queue,
 };
 
 /// A dead-lettered message as an operator sees it.
@@ -94,14 +91,14 @@ fn describe(service: &str, broker: &Broker, props: &BasicProperties, body: &[u8]
 }
 
 /// Services whose dead-letter queues exist.
-pub fn services() -> Vec<&'static str> {
-    topology::consuming_services().collect()
+pub fn services(broker: &Broker) -> Vec<&'static str> {
+    broker.config().topology.consuming_services().collect()
 }
 
 /// Every dead letter of `service` (or of every service), left in place.
 pub async fn list(broker: &Broker, service: Option<&str>) -> anyhow::Result<Vec<DeadLetter>> {
     let mut out = Vec::new();
-    for svc in services()
+    for svc in services(broker)
         .into_iter()
         .filter(|s| service.is_none_or(|x| x == *s))
     {

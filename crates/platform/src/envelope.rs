@@ -1,4 +1,5 @@
-//! The event envelope: the one JSON shape of every message on the bus (see DESIGN.md).
+//! The event envelope: the one JSON shape of every message on the bus
+//! (docs/architecture.md, "The event envelope and the event catalogue").
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};

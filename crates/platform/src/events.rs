@@ -1,4 +1,5 @@
-//! The event catalogue: one typed payload per event type of DESIGN.md.
+//! The event catalogue: one typed payload per event type, the one place events are defined
+//! (docs/architecture.md, "The event envelope and the event catalogue").
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -8,13 +9,33 @@ use crate::envelope::{Envelope, EnvelopeError, Event};
 macro_rules! events {
     ($( $ty:ident = $name:literal { $($(#[$fm:meta])* $field:ident : $fty:ty),* $(,)? } )*) => {
         $(
-            #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+            #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
             #[serde(deny_unknown_fields)]
             pub struct $ty { $($(#[$fm])* pub $field: $fty),* }
             impl Event for $ty { const TYPE: &'static str = $name; }
         )*
         /// Every event type of the catalogue.
         pub const ALL_TYPES: &[&str] = &[$($name),*];
+
+        /// Every event type with the name of its payload's schema.
+        pub const TYPES_AND_SCHEMAS: &[(&str, &str)] = &[$(($name, stringify!($ty))),*];
+
+        /// The JSON schema of every payload (and of the types they contain), by name.
+        pub fn schemas() -> Vec<(String, serde_json::Value)> {
+            use utoipa::{PartialSchema as _, ToSchema as _};
+            let mut all = Vec::new();
+            $(
+                all.push(($ty::name().into_owned(), $ty::schema()));
+                $ty::schemas(&mut all);
+            )*
+            let mut out: Vec<(String, serde_json::Value)> = Vec::new();
+            for (name, schema) in all {
+                if !out.iter().any(|(n, _)| *n == name) {
+                    out.push((name, serde_json::to_value(schema).expect("schemas serialize")));
+                }
+            }
+            out
+        }
 
         /// Checks that an envelope's payload matches the schema of its type.
         pub fn validate_payload(env: &Envelope) -> Result<(), EnvelopeError> {
@@ -27,7 +48,7 @@ macro_rules! events {
 }
 
 /// One line of an order as it travels in events.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderLine {
     pub product_id: Uuid,
@@ -60,157 +81,163 @@ events! {
     NotificationSent = "notification.sent" { notification_id: Uuid, user_id: Uuid, kind: String }
 }
 
+/// One envelope of every type of the catalogue, for tests (in the catalogue's order).
+#[cfg(any(test, feature = "testkit"))]
+pub fn samples() -> Vec<Envelope> {
+    let id = Uuid::now_v7();
+    vec![
+        Envelope::new(
+            id,
+            &UserRegistered {
+                user_id: id,
+                email: "a@b.c".into(),
+                name: "A".into(),
+            },
+            id,
+            id,
+        ),
+        Envelope::new(
+            id,
+            &ProductCreated {
+                product_id: id,
+                sku: "S".into(),
+                name: "N".into(),
+                price_cents: 5,
+                currency: "EUR".into(),
+                initial_stock: 3,
+            },
+            id,
+            id,
+        ),
+        Envelope::new(
+            id,
+            &ProductUpdated {
+                product_id: id,
+                name: "N".into(),
+                description: "D".into(),
+                price_cents: 1,
+            },
+            id,
+            id,
+        ),
+        Envelope::new(
+            id,
+            &OrderCreated {
+                order_id: id,
+                user_id: id,
+                items: vec![OrderLine {
+                    product_id: id,
+                    quantity: 2,
+                    unit_price_cents: 100,
+                }],
+                total_cents: 200,
+                currency: "EUR".into(),
+            },
+            id,
+            id,
+        ),
+        Envelope::new(id, &StockReserved { order_id: id }, id, id),
+        Envelope::new(
+            id,
+            &StockRejected {
+                order_id: id,
+                reason: "x".into(),
+            },
+            id,
+            id,
+        ),
+        Envelope::new(id, &StockReleaseRequested { order_id: id }, id, id),
+        Envelope::new(id, &StockReleased { order_id: id }, id, id),
+        Envelope::new(
+            id,
+            &PaymentRequested {
+                order_id: id,
+                user_id: id,
+                amount_cents: 1,
+                currency: "EUR".into(),
+                payment_token: "tok".into(),
+            },
+            id,
+            id,
+        ),
+        Envelope::new(
+            id,
+            &PaymentSucceeded {
+                order_id: id,
+                payment_id: id,
+                amount_cents: 1,
+            },
+            id,
+            id,
+        ),
+        Envelope::new(
+            id,
+            &PaymentFailed {
+                order_id: id,
+                reason: "card_declined".into(),
+            },
+            id,
+            id,
+        ),
+        Envelope::new(
+            id,
+            &PaymentRefundRequested {
+                order_id: id,
+                payment_id: id,
+            },
+            id,
+            id,
+        ),
+        Envelope::new(
+            id,
+            &PaymentRefunded {
+                order_id: id,
+                payment_id: id,
+                amount_cents: 1,
+            },
+            id,
+            id,
+        ),
+        Envelope::new(
+            id,
+            &OrderConfirmed {
+                order_id: id,
+                user_id: id,
+                total_cents: 1,
+            },
+            id,
+            id,
+        ),
+        Envelope::new(
+            id,
+            &OrderCancelled {
+                order_id: id,
+                user_id: id,
+                reason: "timeout".into(),
+            },
+            id,
+            id,
+        ),
+        Envelope::new(
+            id,
+            &NotificationSent {
+                notification_id: id,
+                user_id: id,
+                kind: "k".into(),
+            },
+            id,
+            id,
+        ),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn every_type_round_trips() {
-        let id = Uuid::now_v7();
-        let samples = vec![
-            Envelope::new(
-                id,
-                &UserRegistered {
-                    user_id: id,
-                    email: "a@b.c".into(),
-                    name: "A".into(),
-                },
-                id,
-                id,
-            ),
-            Envelope::new(
-                id,
-                &ProductCreated {
-                    product_id: id,
-                    sku: "S".into(),
-                    name: "N".into(),
-                    price_cents: 5,
-                    currency: "EUR".into(),
-                    initial_stock: 3,
-                },
-                id,
-                id,
-            ),
-            Envelope::new(
-                id,
-                &ProductUpdated {
-                    product_id: id,
-                    name: "N".into(),
-                    description: "D".into(),
-                    price_cents: 1,
-                },
-                id,
-                id,
-            ),
-            Envelope::new(
-                id,
-                &OrderCreated {
-                    order_id: id,
-                    user_id: id,
-                    items: vec![OrderLine {
-                        product_id: id,
-                        quantity: 2,
-                        unit_price_cents: 100,
-                    }],
-                    total_cents: 200,
-                    currency: "EUR".into(),
-                },
-                id,
-                id,
-            ),
-            Envelope::new(id, &StockReserved { order_id: id }, id, id),
-            Envelope::new(
-                id,
-                &StockRejected {
-                    order_id: id,
-                    reason: "x".into(),
-                },
-                id,
-                id,
-            ),
-            Envelope::new(id, &StockReleaseRequested { order_id: id }, id, id),
-            Envelope::new(id, &StockReleased { order_id: id }, id, id),
-            Envelope::new(
-                id,
-                &PaymentRequested {
-                    order_id: id,
-                    user_id: id,
-                    amount_cents: 1,
-                    currency: "EUR".into(),
-                    payment_token: "tok".into(),
-                },
-                id,
-                id,
-            ),
-            Envelope::new(
-                id,
-                &PaymentSucceeded {
-                    order_id: id,
-                    payment_id: id,
-                    amount_cents: 1,
-                },
-                id,
-                id,
-            ),
-            Envelope::new(
-                id,
-                &PaymentFailed {
-                    order_id: id,
-                    reason: "card_declined".into(),
-                },
-                id,
-                id,
-            ),
-            Envelope::new(
-                id,
-                &PaymentRefundRequested {
-                    order_id: id,
-                    payment_id: id,
-                },
-                id,
-                id,
-            ),
-            Envelope::new(
-                id,
-                &PaymentRefunded {
-                    order_id: id,
-                    payment_id: id,
-                    amount_cents: 1,
-                },
-                id,
-                id,
-            ),
-            Envelope::new(
-                id,
-                &OrderConfirmed {
-                    order_id: id,
-                    user_id: id,
-                    total_cents: 1,
-                },
-                id,
-                id,
-            ),
-            Envelope::new(
-                id,
-                &OrderCancelled {
-                    order_id: id,
-                    user_id: id,
-                    reason: "timeout".into(),
-                },
-                id,
-                id,
-            ),
-            Envelope::new(
-                id,
-                &NotificationSent {
-                    notification_id: id,
-                    user_id: id,
-                    kind: "k".into(),
-                },
-                id,
-                id,
-            ),
-        ];
+        let samples = samples();
         let mut seen: Vec<_> = samples.iter().map(|e| e.event_type.clone()).collect();
         seen.sort();
         let mut all: Vec<_> = ALL_TYPES.iter().map(|s| s.to_string()).collect();

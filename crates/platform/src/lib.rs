@@ -9,6 +9,7 @@
 
 pub mod amqp;
 pub mod api;
+pub mod asyncapi;
 pub mod bus;
 pub mod config;
 pub mod crash;
@@ -26,6 +27,7 @@ pub mod redis_util;
 pub mod service;
 pub mod session;
 pub mod telemetry;
+#[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod topology;
 

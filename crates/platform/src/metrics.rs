@@ -173,3 +173,50 @@ mod tests {
         );
     }
 }
+
+/// The sum of metric `name` over its samples in a Prometheus text exposition whose labels
+/// include every pair of `labels` (all samples when `labels` is empty); 0 when absent. The
+/// one reader of `/metrics` text: `shop audit` and the tests use it.
+pub fn sample_sum(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    exposition
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let (label_set, value) = match rest.strip_prefix('{') {
+                Some(r) => r.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            let matches = labels.iter().all(|(k, v)| {
+                label_set
+                    .split(',')
+                    .any(|pair| pair == format!("{k}=\"{v}\""))
+            });
+            if !matches {
+                return None;
+            }
+            value.split(' ').next()?.parse::<f64>().ok()
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod sample_tests {
+    use super::sample_sum;
+
+    const TEXT: &str = "# HELP shop_x_total x\n# TYPE shop_x_total counter\n\
+        shop_x_total{program=\"a\",event_type=\"order.created\"} 3\n\
+        shop_x_total{program=\"a\",event_type=\"stock.reserved\"} 4\n\
+        shop_x_total_more 100\n\
+        shop_y 2.5\n";
+
+    #[test]
+    fn sums_the_samples_whose_labels_match() {
+        assert_eq!(sample_sum(TEXT, "shop_x_total", &[]), 7.0);
+        assert_eq!(
+            sample_sum(TEXT, "shop_x_total", &[("event_type", "order.created")]),
+            3.0
+        );
+        assert_eq!(sample_sum(TEXT, "shop_y", &[]), 2.5);
+        assert_eq!(sample_sum(TEXT, "shop_z", &[]), 0.0);
+    }
+}

@@ -45,6 +45,25 @@ pub async fn stats(pool: &PgPool) -> sqlx::Result<(i64, f64)> {
     Ok((row.0, row.1.unwrap_or(0.0)))
 }
 
+/// Rows of `schema`'s outbox not yet published (0 if it has no outbox), for the audit.
+pub async fn unsent_in(pool: &PgPool, schema: &str) -> sqlx::Result<i64> {
+    let exists: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.tables WHERE table_schema = $1 AND table_name = 'outbox')",
+    )
+    .bind(schema)
+    .fetch_one(pool)
+    .await?;
+    if !exists {
+        return Ok(0);
+    }
+    // The schema name is a program's name from the shop's list, never input.
+    sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM \"{schema}\".outbox WHERE sent_at IS NULL"
+    ))
+    .fetch_one(pool)
+    .await
+}
+
 /// How often an idle relay looks for rows nobody woke it for (written by another process).
 pub const POLL_EVERY: Duration = Duration::from_millis(250);
 

@@ -1,5 +1,6 @@
-//! Redis connections (auto-reconnecting) and the memory report of DESIGN.md: a cache that
-//! could fill memory with no eviction policy is warned about at start-up and in health.
+//! Redis connections (auto-reconnecting) and the memory report of docs/architecture.md
+//! ("Redis"): a cache that could fill memory with no eviction policy is warned about at
+//! start-up and in health.
 
 use std::time::Duration;
 

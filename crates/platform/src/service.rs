@@ -1,18 +1,21 @@
-//! The one start-up every program runs: connect to PostgreSQL (its own schema), Redis and
-//! RabbitMQ with clear errors, migrate, build the program's routes and handler, then serve
-//! HTTP, consume its queue and relay its outbox until asked to stop.
+//! The one start-up every program runs, as named steps: [`Connections::open`] (PostgreSQL
+//! in the program's own schema, migrated; Redis; RabbitMQ, each with a clear error naming
+//! what is unreachable), the program's own `build`, [`Workers::spawn`] (the consumer of its
+//! queue and the relay of its outbox), then serving HTTP until asked to stop.
 //!
-//! Stopping is graceful and bounded: stop accepting requests and finish those in flight,
-//! stop taking messages and finish (and ack) those in flight, flush the outbox, stop
-//! background tasks, close the connections. Past `SHOP_SHUTDOWN_TIMEOUT_SECS` the rest is
-//! abandoned; nothing is lost by that (unacked messages are redelivered, the outbox stays).
+//! Stopping is graceful, ordered and bounded ([`Shutdown`]): stop accepting requests and
+//! finish those in flight, stop taking messages and finish (and ack) those in flight, flush
+//! the outbox, stop background tasks, close the connections. Past
+//! `SHOP_SHUTDOWN_TIMEOUT_SECS` the rest is abandoned; nothing is lost by that (unacked
+//! messages are redelivered, the outbox stays). See docs/architecture.md, "Start-up and
+//! shutdown".
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use async_trait::async_trait;
 use axum::Router;
-use futures::FutureExt as _;
+use futures::{FutureExt as _, future::BoxFuture};
 use sqlx::PgPool;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -28,13 +31,54 @@ use crate::{
     metrics::Metrics,
     outbox::{self, Relay},
     redis_util::{self, RedisConn},
+    topology::{Identity, Topology},
 };
+
+/// What a program knows of the whole shop: every program's identity (from which the
+/// broker topology derives) and where each program's HTTP is reached. Built once, by the
+/// `shop` crate, from its list of programs.
+#[derive(Clone, Debug)]
+pub struct Fleet {
+    pub topology: Topology,
+    urls: Arc<[(&'static str, String)]>,
+}
+
+impl Fleet {
+    pub fn new(topology: Topology, urls: impl IntoIterator<Item = (&'static str, String)>) -> Self {
+        Fleet {
+            topology,
+            urls: urls.into_iter().collect(),
+        }
+    }
+
+    /// Base URL of a program's HTTP.
+    pub fn url(&self, program: &str) -> anyhow::Result<&str> {
+        self.urls
+            .iter()
+            .find(|(name, _)| *name == program)
+            .map(|(_, url)| url.as_str())
+            .with_context(|| format!("no program called {program} in this shop"))
+    }
+
+    /// Every program's name and URL, but `except`'s.
+    pub fn others<'a>(
+        &'a self,
+        except: &'a str,
+    ) -> impl Iterator<Item = (&'static str, &'a str)> + 'a {
+        self.urls
+            .iter()
+            .filter(move |(name, _)| *name != except)
+            .map(|(name, url)| (*name, url.as_str()))
+    }
+}
 
 /// What a program needs to build itself.
 #[derive(Clone)]
 pub struct Context {
     pub name: &'static str,
     pub config: Config,
+    /// The other programs: where they are, what they consume.
+    pub fleet: Fleet,
     pub metrics: Arc<Metrics>,
     /// The program's pool (search_path = its schema), if it uses the database.
     pub pool: Option<PgPool>,
@@ -70,18 +114,12 @@ pub struct Parts {
 /// One of the seven programs.
 #[async_trait]
 pub trait Program: Send + Sync + 'static {
-    fn name(&self) -> &'static str;
-    /// Whether it owns a PostgreSQL schema (and so an outbox and inbox).
-    fn uses_database(&self) -> bool {
-        true
-    }
-    /// Whether it talks to RabbitMQ.
-    fn uses_broker(&self) -> bool {
-        true
-    }
-    /// Whether it uses the cache Redis.
-    fn uses_cache(&self) -> bool {
-        false
+    /// Who it is (declared once, in its own crate).
+    fn identity(&self) -> &'static Identity;
+    /// The port it listens on, from its own settings.
+    fn port(&self) -> u16;
+    fn name(&self) -> &'static str {
+        self.identity().name
     }
     /// Applies its migrations (its pool's search_path is its schema).
     async fn migrate(&self, _pool: &PgPool) -> anyhow::Result<()> {
@@ -117,7 +155,7 @@ impl Running {
 
 /// Connects and migrates a program's schema (for `shop migrate`).
 pub async fn migrate(program: &dyn Program, config: &Config) -> anyhow::Result<()> {
-    if program.uses_database() {
+    if program.identity().uses_database {
         let pool = db::connect(&config.database_url, program.name(), 2).await?;
         program
             .migrate(&pool)
@@ -133,33 +171,135 @@ pub async fn migrate(program: &dyn Program, config: &Config) -> anyhow::Result<(
 pub async fn start(
     program: Arc<dyn Program>,
     config: Config,
+    fleet: Fleet,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
     let name = program.name();
     let metrics = Arc::new(Metrics::new(name));
-    let mut checks: Vec<Arc<dyn Check>> = Vec::new();
+    let conns = Connections::open(program.as_ref(), &config, &fleet, &metrics).await?;
 
-    let pool = if program.uses_database() {
-        let pool = db::connect(&config.database_url, name, config.db_pool_size).await?;
-        program
-            .migrate(&pool)
-            .await
-            .with_context(|| format!("migrating {name}"))?;
-        checks.push(Arc::new(PostgresCheck(pool.clone())));
-        Some(pool)
-    } else {
-        None
+    let stop = CancellationToken::new();
+    let outbox_waker = outbox::Waker::default();
+    let ctx = Context {
+        name,
+        config: config.clone(),
+        fleet,
+        metrics: metrics.clone(),
+        pool: conns.pool.clone(),
+        redis: Some(conns.redis.clone()),
+        cache: conns.cache.clone(),
+        broker: conns.broker.clone(),
+        outbox: outbox_waker.clone(),
+        stop: stop.clone(),
     };
+    let parts = program
+        .build(&ctx)
+        .await
+        .with_context(|| format!("starting {name}"))?;
+    let workers = Workers::spawn(name, &conns, parts.handler, outbox_waker, &config, &metrics);
 
-    let redis = redis_util::connect(&config.redis_url).await?;
-    checks.push(Arc::new(RedisCheck {
-        name: "redis",
-        conn: redis.clone(),
-        is_cache: false,
-    }));
-    let cache = if program.uses_cache() {
-        if config.cache_redis_url.is_some() {
+    let mut checks = conns.checks.clone();
+    checks.extend(parts.checks);
+    let ops = Ops {
+        checks: Arc::new(checks),
+        metrics: metrics.clone(),
+        before_scrape: conns
+            .pool
+            .clone()
+            .map(|pool| outbox_gauges(pool, metrics.clone())),
+    };
+    let app = with_common_layers(
+        parts.router.merge(ops_router(ops)),
+        metrics.clone(),
+        Duration::from_secs(config.http_timeout_secs),
+    );
+    let addr = listener.local_addr()?;
+    info!(program = name, %addr, "serving");
+    let http_stop = CancellationToken::new();
+    let http = tokio::spawn({
+        let http_stop = http_stop.clone();
+        async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { http_stop.cancelled().await })
+            .await
+        }
+    });
+
+    let steps = Shutdown {
+        http_stop,
+        http,
+        workers,
+        tasks_stop: stop,
+        tasks: parts.tasks,
+        conns,
+        timeout: config.shutdown_timeout(),
+    };
+    let own_stop = CancellationToken::new();
+    let task = tokio::spawn({
+        let own_stop = own_stop.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = own_stop.cancelled() => {}
+            }
+            steps.run().await;
+            Ok(())
+        }
+        .instrument(info_span!("program", name))
+    });
+    Ok(Running {
+        name,
+        addr,
+        stop: own_stop,
+        task,
+    })
+}
+
+/// A program's connections to the three servers (those its identity says it uses), and the
+/// readiness checks that watch them.
+struct Connections {
+    pool: Option<PgPool>,
+    redis: RedisConn,
+    cache: Option<RedisConn>,
+    broker: Option<Arc<Broker>>,
+    checks: Vec<Arc<dyn Check>>,
+}
+
+impl Connections {
+    async fn open(
+        program: &dyn Program,
+        config: &Config,
+        fleet: &Fleet,
+        metrics: &Arc<Metrics>,
+    ) -> anyhow::Result<Connections> {
+        let identity = program.identity();
+        let name = identity.name;
+        let mut checks: Vec<Arc<dyn Check>> = Vec::new();
+        let pool = if identity.uses_database {
+            let pool = db::connect(&config.database_url, name, config.db_pool_size).await?;
+            program
+                .migrate(&pool)
+                .await
+                .with_context(|| format!("migrating {name}"))?;
+            checks.push(Arc::new(PostgresCheck(pool.clone())));
+            Some(pool)
+        } else {
+            None
+        };
+
+        let redis = redis_util::connect(&config.redis_url).await?;
+        checks.push(Arc::new(RedisCheck {
+            name: "redis",
+            conn: redis.clone(),
+            is_cache: false,
+        }));
+        let cache = if !identity.uses_cache {
+            None
+        } else if config.cache_redis_url.is_some() {
             let mut cache = redis_util::connect(config.cache_redis_url()).await?;
             redis_util::warn_about_cache(&mut cache).await;
             checks.push(Arc::new(RedisCheck {
@@ -172,163 +312,158 @@ pub async fn start(
             let mut cache = redis.clone();
             redis_util::warn_about_cache(&mut cache).await;
             Some(cache)
-        }
-    } else {
-        None
-    };
+        };
 
-    let broker = if program.uses_broker() {
-        let broker =
-            Broker::connect(BrokerConfig::from_config(&config, name), metrics.clone()).await?;
-        checks.push(Arc::new(RabbitCheck(broker.clone())));
-        Some(broker)
-    } else {
-        None
-    };
-
-    let stop = CancellationToken::new();
-    let outbox_waker = outbox::Waker::default();
-    let ctx = Context {
-        name,
-        config: config.clone(),
-        metrics: metrics.clone(),
-        pool: pool.clone(),
-        redis: Some(redis),
-        cache,
-        broker: broker.clone(),
-        outbox: outbox_waker.clone(),
-        stop: stop.clone(),
-    };
-    let parts = program
-        .build(&ctx)
-        .await
-        .with_context(|| format!("starting {name}"))?;
-    checks.extend(parts.checks);
-
-    // Consumer and outbox relay.
-    let consumer_stop = CancellationToken::new();
-    let relay_stop = CancellationToken::new();
-    let consumer = match (&parts.handler, &broker, &pool) {
-        (Some(handler), Some(broker), Some(pool)) => {
-            let handler = Arc::new(WakeRelay {
-                inner: handler.clone(),
-                waker: outbox_waker.clone(),
-            });
-            Some(broker.consume(name, pool.clone(), handler, consumer_stop.clone()))
-        }
-        _ => None,
-    };
-    let relay = match (&broker, &pool) {
-        (Some(broker), Some(pool)) => {
-            let relay = Relay {
-                pool: pool.clone(),
-                schema: name.to_string(),
-                publisher: broker.clone(),
-                metrics: metrics.clone(),
-                batch: config.outbox_batch,
-                retention_hours: config.retention_hours,
-            };
-            Some(tokio::spawn(
-                relay
-                    .run_woken_by(relay_stop.clone(), outbox_waker.clone())
-                    .instrument(info_span!("outbox", program = name)),
-            ))
-        }
-        _ => None,
-    };
-
-    let before_scrape: Option<
-        Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>,
-    > = pool.clone().map(|pool| {
-        let metrics = metrics.clone();
-        Arc::new(move || {
-            let pool = pool.clone();
-            let metrics = metrics.clone();
-            async move {
-                if let Ok((depth, age)) = outbox::stats(&pool).await {
-                    metrics.outbox_depth.set(depth);
-                    metrics.outbox_oldest_age_seconds.set(age);
-                }
-            }
-            .boxed()
-        }) as Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>
-    });
-    let ops = Ops {
-        checks: Arc::new(checks),
-        metrics: metrics.clone(),
-        before_scrape,
-    };
-    let app = with_common_layers(
-        parts.router.merge(ops_router(ops)),
-        metrics.clone(),
-        std::time::Duration::from_secs(config.http_timeout_secs),
-    );
-
-    let addr = listener.local_addr()?;
-    info!(program = name, %addr, "serving");
-    let http_stop = CancellationToken::new();
-    let http = {
-        let http_stop = http_stop.clone();
-        tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { http_stop.cancelled().await })
-            .await
+        let broker = if identity.uses_broker {
+            let cfg = BrokerConfig::from_config(config, name, fleet.topology.clone());
+            let broker = Broker::connect(cfg, metrics.clone()).await?;
+            checks.push(Arc::new(RabbitCheck(broker.clone())));
+            Some(broker)
+        } else {
+            None
+        };
+        Ok(Connections {
+            pool,
+            redis,
+            cache,
+            broker,
+            checks,
         })
-    };
+    }
 
-    let own_stop = CancellationToken::new();
-    let task = {
-        let own_stop = own_stop.clone();
-        let timeout = config.shutdown_timeout();
-        tokio::spawn(
-            async move {
-                tokio::select! {
-                    _ = shutdown.cancelled() => {}
-                    _ = own_stop.cancelled() => {}
-                }
-                info!("stopping");
-                let graceful = async {
-                    http_stop.cancel();
-                    let _ = http.await;
-                    consumer_stop.cancel();
-                    if let Some(c) = consumer {
-                        let _ = c.await;
-                    }
-                    relay_stop.cancel();
-                    if let Some(r) = relay {
-                        let _ = r.await;
-                    }
-                    stop.cancel();
-                    for t in parts.tasks {
-                        let _ = t.await;
-                    }
-                };
-                if tokio::time::timeout(timeout, graceful).await.is_err() {
-                    warn!(
-                        ?timeout,
-                        "graceful stop timed out; exiting anyway (unacked work is redelivered)"
-                    );
-                }
-                if let Some(b) = broker {
-                    b.close().await;
-                }
-                if let Some(p) = pool {
-                    p.close().await;
-                }
-                info!("stopped");
-                Ok(())
+    async fn close(self) {
+        if let Some(b) = self.broker {
+            b.close().await;
+        }
+        if let Some(p) = self.pool {
+            p.close().await;
+        }
+    }
+}
+
+/// The consumer of a program's queue and the relay of its outbox, each with its own stop so
+/// that they end in order (consumer first: its last commits may add outbox rows).
+struct Workers {
+    consumer_stop: CancellationToken,
+    consumer: Option<JoinHandle<()>>,
+    relay_stop: CancellationToken,
+    relay: Option<JoinHandle<()>>,
+}
+
+impl Workers {
+    fn spawn(
+        name: &'static str,
+        conns: &Connections,
+        handler: Option<Arc<dyn Handler>>,
+        waker: outbox::Waker,
+        config: &Config,
+        metrics: &Arc<Metrics>,
+    ) -> Workers {
+        let consumer_stop = CancellationToken::new();
+        let relay_stop = CancellationToken::new();
+        let (Some(broker), Some(pool)) = (&conns.broker, &conns.pool) else {
+            return Workers {
+                consumer_stop,
+                consumer: None,
+                relay_stop,
+                relay: None,
+            };
+        };
+        let consumer = handler.map(|inner| {
+            let handler = Arc::new(WakeRelay {
+                inner,
+                waker: waker.clone(),
+            });
+            broker.consume(name, pool.clone(), handler, consumer_stop.clone())
+        });
+        let relay = Relay {
+            pool: pool.clone(),
+            schema: name.to_string(),
+            publisher: broker.clone(),
+            metrics: metrics.clone(),
+            batch: config.outbox_batch,
+            retention_hours: config.retention_hours,
+        };
+        let relay = tokio::spawn(
+            relay
+                .run_woken_by(relay_stop.clone(), waker)
+                .instrument(info_span!("outbox", program = name)),
+        );
+        Workers {
+            consumer_stop,
+            consumer,
+            relay_stop,
+            relay: Some(relay),
+        }
+    }
+}
+
+/// Everything a running program must stop, in the order it must stop it.
+struct Shutdown {
+    http_stop: CancellationToken,
+    http: JoinHandle<std::io::Result<()>>,
+    workers: Workers,
+    /// Ends the program's background tasks.
+    tasks_stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    conns: Connections,
+    timeout: Duration,
+}
+
+impl Shutdown {
+    async fn run(self) {
+        info!("stopping");
+        let Shutdown {
+            http_stop,
+            http,
+            workers,
+            tasks_stop,
+            tasks,
+            conns,
+            timeout,
+        } = self;
+        let graceful = async {
+            http_stop.cancel();
+            let _ = http.await;
+            workers.consumer_stop.cancel();
+            if let Some(c) = workers.consumer {
+                let _ = c.await;
             }
-            .instrument(info_span!("program", name)),
-        )
-    };
-    Ok(Running {
-        name,
-        addr,
-        stop: own_stop,
-        task,
+            workers.relay_stop.cancel();
+            if let Some(r) = workers.relay {
+                let _ = r.await;
+            }
+            tasks_stop.cancel();
+            for t in tasks {
+                let _ = t.await;
+            }
+        };
+        if tokio::time::timeout(timeout, graceful).await.is_err() {
+            warn!(
+                ?timeout,
+                "graceful stop timed out; exiting anyway (unacked work is redelivered)"
+            );
+        }
+        conns.close().await;
+        info!("stopped");
+    }
+}
+
+/// Refreshes the outbox gauges before each scrape of `/metrics`.
+fn outbox_gauges(
+    pool: PgPool,
+    metrics: Arc<Metrics>,
+) -> Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync> {
+    Arc::new(move || {
+        let pool = pool.clone();
+        let metrics = metrics.clone();
+        async move {
+            if let Ok((depth, age)) = outbox::stats(&pool).await {
+                metrics.outbox_depth.set(depth);
+                metrics.outbox_oldest_age_seconds.set(age);
+            }
+        }
+        .boxed()
     })
 }
 

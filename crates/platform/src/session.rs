@@ -1,15 +1,31 @@
 //! Login sessions in Redis, shared by the users service (which creates and deletes them) and
 //! the gateway (which checks them on every request and slides their expiry).
 //!
-//! The key is `session:{sha256(token)}` rather than the token itself (a refinement of
-//! DESIGN.md): whoever can read Redis keys still cannot log in as anyone.
+//! The key is `session:{sha256(token)}` rather than the token itself (a refinement of the
+//! original blueprint; docs/architecture.md, "Redis"): whoever can read Redis keys still
+//! cannot log in as anyone.
 
+use clap::Args;
 use redis::AsyncCommands as _;
 
 use crate::redis_util::RedisConn;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
+
+/// Settings of sessions, shared by the users service (which creates them) and the gateway
+/// (which slides their expiry).
+#[derive(Args, Clone, Debug)]
+pub struct SessionSettings {
+    /// Sliding lifetime of a login session, in seconds.
+    #[arg(
+        long,
+        env = "SHOP_SESSION_TTL_SECS",
+        default_value_t = 86_400,
+        global = true
+    )]
+    pub session_ttl_secs: u64,
+}
 
 /// What a session holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
-//! Test support: an isolated environment on the real servers (own database, own
-//! exchange/queue namespace), removed afterwards even when the test fails; a TCP proxy to
-//! cut connections; and waiting on conditions with a deadline instead of sleeping.
+//! Test support (behind the `testkit` feature, for the crates' tests only): an isolated
+//! environment on the real servers (own database, own exchange/queue namespace), removed
+//! afterwards even when the test fails; one service started in it ([`TestService`]); a TCP
+//! proxy to cut connections; and waiting on conditions with a deadline instead of sleeping.
 
 use std::{
     future::Future,
@@ -9,11 +10,14 @@ use std::{
 };
 
 use crate::{
+    Envelope,
     amqp::{Broker, BrokerConfig},
+    bus::Publisher as _,
     config::Config,
     db,
-    metrics::Metrics,
-    topology,
+    metrics::{self, Metrics},
+    service::{Fleet, Program, Running},
+    topology::{self, Identity, Topology},
 };
 use sqlx::PgPool;
 use tokio::net::{TcpListener, TcpStream};
@@ -38,6 +42,8 @@ where
 
 pub struct TestEnv {
     pub config: Config,
+    /// The programs under test: their bindings are declared, their queues removed afterwards.
+    pub topology: Topology,
     /// The broker itself (the test's own URL may go through a proxy that is gone by cleanup).
     admin_amqp_url: String,
     pub pool: PgPool,
@@ -45,8 +51,9 @@ pub struct TestEnv {
 }
 
 impl TestEnv {
-    /// A fresh namespace and database; `schema` is the service whose queue and schema the test uses.
-    pub async fn new(schema: &str, tweak: impl FnOnce(&mut Config)) -> TestEnv {
+    /// A fresh namespace and database for the service `identity` (its schema, its queue).
+    pub async fn new(identity: &'static Identity, tweak: impl FnOnce(&mut Config)) -> TestEnv {
+        let schema = identity.name;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let ns = format!("t{}_", &id[..12]);
         let mut config = Config::defaults();
@@ -63,6 +70,7 @@ impl TestEnv {
             .expect("database");
         TestEnv {
             config,
+            topology: Topology::new([identity]),
             admin_amqp_url,
             pool,
             metrics: Arc::new(Metrics::new(schema)),
@@ -70,14 +78,18 @@ impl TestEnv {
     }
 
     /// Starts a program in this process on a free port, against the real servers.
-    pub async fn start(
-        &self,
-        program: Arc<dyn crate::service::Program>,
-    ) -> crate::service::Running {
+    pub async fn start(&self, program: Arc<dyn Program>) -> Running {
+        self.start_with(program, self.config.clone()).await
+    }
+
+    /// Starts a program with its own configuration (e.g. a server reached through a
+    /// [`Proxy`]), while the environment keeps the real servers for inspection and cleanup.
+    pub async fn start_with(&self, program: Arc<dyn Program>, config: Config) -> Running {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         crate::service::start(
             program,
-            self.config.clone(),
+            config,
+            Fleet::new(self.topology.clone(), []),
             listener,
             tokio_util::sync::CancellationToken::new(),
         )
@@ -94,7 +106,7 @@ impl TestEnv {
 
     pub async fn broker(&self) -> Arc<Broker> {
         Broker::connect(
-            BrokerConfig::from_config(&self.config, "test"),
+            BrokerConfig::from_config(&self.config, "test", self.topology.clone()),
             self.metrics.clone(),
         )
         .await
@@ -107,6 +119,7 @@ impl Drop for TestEnv {
         let mut config = self.config.clone();
         config.amqp_url = self.admin_amqp_url.clone();
         let pool = self.pool.clone();
+        let topology = self.topology.clone();
         // Clean up on a thread of its own: this runs inside the test's runtime.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -118,7 +131,7 @@ impl Drop for TestEnv {
                 // dropping the database WITH (FORCE) ends them.
                 drop(pool);
                 let _ = db::drop_database(&config.database_url).await;
-                delete_topology(&config).await;
+                delete_topology(&config, &topology).await;
                 delete_redis_keys(&config).await;
             });
         })
@@ -149,7 +162,7 @@ pub async fn delete_redis_keys(config: &Config) {
 }
 
 /// Deletes every queue and the exchange of a namespace.
-pub async fn delete_topology(config: &Config) {
+pub async fn delete_topology(config: &Config, topology: &Topology) {
     use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
     let Ok(conn) = lapin::Connection::connect(&config.amqp_url, Default::default()).await else {
         return;
@@ -158,7 +171,7 @@ pub async fn delete_topology(config: &Config) {
         return;
     };
     let names = topology::Names::new(&config.namespace);
-    for svc in topology::consuming_services() {
+    for svc in topology.consuming_services() {
         let mut queues = vec![names.queue(svc), names.dead_letter_queue(svc)];
         for i in 1..=config.retry_delays_ms.len() {
             queues.push(names.retry_queue(svc, i));
@@ -177,6 +190,115 @@ pub async fn delete_topology(config: &Config) {
         .await;
     let _ = conn.close(200, "cleanup".into()).await;
 }
+
+/// One service started on the real servers in a [`TestEnv`] of its own, with a broker
+/// connection to publish to it and an HTTP client: the one way a crate's tests run their
+/// service.
+pub struct TestService {
+    pub env: TestEnv,
+    pub running: Running,
+    pub broker: Arc<Broker>,
+    pub http: reqwest::Client,
+}
+
+impl TestService {
+    /// Starts `program` in a fresh environment (`tweak` adjusts the kernel's settings).
+    pub async fn start(program: Arc<dyn Program>, tweak: impl FnOnce(&mut Config)) -> Self {
+        let env = TestEnv::new(program.identity(), tweak).await;
+        let config = env.config.clone();
+        Self::start_in(env, program, config).await
+    }
+
+    /// Starts `program` with `config` in `env` (see [`TestEnv::start_with`]).
+    pub async fn start_in(env: TestEnv, program: Arc<dyn Program>, config: Config) -> Self {
+        let running = env.start_with(program, config).await;
+        let broker = env.broker().await;
+        TestService {
+            env,
+            running,
+            broker,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Stops the service gracefully (and the test's broker connection).
+    pub async fn stop(self) {
+        self.running
+            .stop()
+            .await
+            .expect("the service stops cleanly");
+        self.broker.close().await;
+    }
+
+    /// The service's URL for `path` (which starts with `/`).
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.addr)
+    }
+
+    /// Publishes an event to the shop's exchange, with confirms.
+    pub async fn publish(&self, event: &Envelope) {
+        self.broker.publish(event).await.expect("published");
+    }
+
+    /// The envelopes the service wrote to its outbox about `aggregate_id`, oldest first.
+    pub async fn emitted(&self, aggregate_id: uuid::Uuid) -> Vec<Envelope> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT body FROM outbox WHERE (body::jsonb ->> 'aggregate_id')::uuid = $1 ORDER BY id",
+        )
+        .bind(aggregate_id)
+        .fetch_all(&self.env.pool)
+        .await
+        .expect("outbox rows");
+        rows.iter()
+            .map(|b| Envelope::parse(b.as_bytes()).expect("outbox envelope"))
+            .collect()
+    }
+
+    /// Waits until the service emitted `n` events about `aggregate_id`, and returns them.
+    pub async fn wait_emitted(&self, aggregate_id: uuid::Uuid, n: usize) -> Vec<Envelope> {
+        eventually(
+            &format!("{n} events about {aggregate_id}"),
+            WAIT,
+            || async { self.emitted(aggregate_id).await.len() >= n },
+        )
+        .await;
+        self.emitted(aggregate_id).await
+    }
+
+    /// A per-event-type counter of the service's `/metrics`.
+    pub async fn metric(&self, name: &str, event_type: &str) -> u64 {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics answer")
+            .text()
+            .await
+            .expect("metrics text");
+        metrics::sample_sum(&text, name, &[("event_type", event_type)]) as u64
+    }
+
+    /// Deliveries of `event_type` finished (handled or recognised as duplicates).
+    pub async fn handled(&self, event_type: &str) -> u64 {
+        self.metric("shop_messages_consumed_total", event_type)
+            .await
+            + self
+                .metric("shop_messages_duplicate_total", event_type)
+                .await
+    }
+
+    /// Waits until `n` deliveries of `event_type` were finished.
+    pub async fn wait_handled(&self, event_type: &str, n: u64) {
+        eventually(&format!("{n} {event_type} handled"), WAIT, || async {
+            self.handled(event_type).await >= n
+        })
+        .await;
+    }
+}
+
+/// How long a [`TestService`] waits for the effects of a message.
+pub const WAIT: Duration = Duration::from_secs(20);
 
 /// A TCP proxy in front of a server, to cut or refuse connections of one test only.
 pub struct Proxy {

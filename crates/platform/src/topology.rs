@@ -2,64 +2,89 @@
 //!
 //! Every program declares all of it at start-up (idempotently), so an event published before
 //! its consumer ever ran is still routed to that consumer's durable queue, never lost.
+//! See docs/architecture.md, "RabbitMQ topology".
 
-/// (queue, event types it is bound to).
-pub const BINDINGS: &[(&str, &[&str])] = &[
-    ("users", &[]),
-    ("products", &[]),
-    (
-        "inventory",
-        &[
-            "product.created",
-            "order.created",
-            "stock.release_requested",
-            "order.confirmed",
-        ],
-    ),
-    (
-        "orders",
-        &[
-            "stock.reserved",
-            "stock.rejected",
-            "stock.released",
-            "payment.succeeded",
-            "payment.failed",
-            "payment.refunded",
-        ],
-    ),
-    (
-        "payments",
-        &["payment.requested", "payment.refund_requested"],
-    ),
-    (
-        "notifications",
-        &["order.confirmed", "order.cancelled", "user.registered"],
-    ),
-];
+use std::sync::Arc;
 
-/// The services that consume events (and so have a queue).
-pub fn consuming_services() -> impl Iterator<Item = &'static str> {
-    BINDINGS
-        .iter()
-        .filter(|(_, types)| !types.is_empty())
-        .map(|(q, _)| *q)
+/// Who a program is, as the rest of the shop needs to know it. Each program declares its
+/// own once, next to its code (`IDENTITY` in its crate's `program.rs`), and the `shop` crate
+/// lists every program once; the bindings below, the services the gateway forwards to, the
+/// queues `shop audit` and `shop dlq` read and the tests' clusters all derive from that list.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The `shop run` argument, the program's PostgreSQL schema and its queue's name.
+    pub name: &'static str,
+    /// Event types its queue is bound to, as the catalogue's constants (`OrderCreated::TYPE`);
+    /// none: it has no queue.
+    pub consumes: &'static [&'static str],
+    /// Event types it publishes (through its outbox).
+    pub publishes: &'static [&'static str],
+    /// Whether it owns a PostgreSQL schema (and so an outbox and an inbox).
+    pub uses_database: bool,
+    /// Whether it talks to RabbitMQ.
+    pub uses_broker: bool,
+    /// Whether it uses the cache Redis.
+    pub uses_cache: bool,
 }
 
-/// Event types this service's queue is bound to.
-pub fn bindings_of(service: &str) -> &'static [&'static str] {
-    BINDINGS
-        .iter()
-        .find(|(q, _)| *q == service)
-        .map(|(_, t)| *t)
-        .unwrap_or(&[])
+impl Identity {
+    /// A service with its own schema and broker connection, whose queue receives `consumes`
+    /// and whose outbox publishes `publishes`.
+    pub const fn service(
+        name: &'static str,
+        consumes: &'static [&'static str],
+        publishes: &'static [&'static str],
+    ) -> Identity {
+        Identity {
+            name,
+            consumes,
+            publishes,
+            uses_database: true,
+            uses_broker: true,
+            uses_cache: false,
+        }
+    }
 }
 
-/// Whether some queue receives this event type: publishing one that nobody consumes is a
-/// fact for future subscribers, not an error, so only these are published `mandatory`.
-pub fn has_consumers(event_type: &str) -> bool {
-    BINDINGS
-        .iter()
-        .any(|(_, types)| types.contains(&event_type))
+/// The whole shop's topology: which service queue receives which event types, derived from
+/// every program's [`Identity`].
+#[derive(Clone, Debug)]
+pub struct Topology {
+    programs: Arc<[&'static Identity]>,
+}
+
+impl Topology {
+    pub fn new(programs: impl IntoIterator<Item = &'static Identity>) -> Self {
+        Topology {
+            programs: programs.into_iter().collect(),
+        }
+    }
+
+    /// Every program, in the order given.
+    pub fn programs(&self) -> impl Iterator<Item = &'static Identity> + '_ {
+        self.programs.iter().copied()
+    }
+
+    /// The services that consume events (and so have a queue).
+    pub fn consuming_services(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.programs()
+            .filter(|p| !p.consumes.is_empty())
+            .map(|p| p.name)
+    }
+
+    /// Event types this service's queue is bound to.
+    pub fn bindings_of(&self, service: &str) -> &'static [&'static str] {
+        self.programs()
+            .find(|p| p.name == service)
+            .map(|p| p.consumes)
+            .unwrap_or(&[])
+    }
+
+    /// Whether some queue receives this event type: publishing one that nobody consumes is a
+    /// fact for future subscribers, not an error, so only these are published `mandatory`.
+    pub fn has_consumers(&self, event_type: &str) -> bool {
+        self.programs().any(|p| p.consumes.contains(&event_type))
+    }
 }
 
 /// Names of exchanges and queues, with the configured namespace.
@@ -92,27 +117,21 @@ impl Names {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::ALL_TYPES;
+    use crate::envelope::Event as _;
+    use crate::events::{OrderCreated, ProductCreated, StockReserved};
+
+    static A: Identity = Identity::service("a", &[OrderCreated::TYPE, ProductCreated::TYPE], &[]);
+    static B: Identity = Identity::service("b", &[StockReserved::TYPE], &[]);
+    static C: Identity = Identity::service("c", &[], &[]);
 
     #[test]
-    fn every_bound_type_is_in_the_catalogue() {
-        for (_, types) in BINDINGS {
-            for t in *types {
-                assert!(ALL_TYPES.contains(t), "{t}");
-            }
-        }
-    }
-
-    #[test]
-    fn saga_events_have_consumers() {
-        for t in [
-            "order.created",
-            "stock.reserved",
-            "payment.requested",
-            "payment.refund_requested",
-        ] {
-            assert!(has_consumers(t));
-        }
-        assert!(!has_consumers("notification.sent"));
+    fn bindings_come_from_the_identities() {
+        let t = Topology::new([&A, &B, &C]);
+        assert_eq!(t.consuming_services().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(t.bindings_of("b"), [StockReserved::TYPE]);
+        assert!(t.bindings_of("c").is_empty());
+        assert!(t.bindings_of("unknown").is_empty());
+        assert!(t.has_consumers("order.created"));
+        assert!(!t.has_consumers("notification.sent"));
     }
 }

@@ -19,19 +19,25 @@ use lapin::{
 };
 use shop_platform::testkit::{Proxy, TestEnv, eventually};
 use shop_platform::{
-    Envelope,
+    Envelope, Event as _,
     amqp::Broker,
     bus::{Handler, HandlerError, Publisher},
     dlq,
-    events::PaymentRequested,
+    events::{PaymentRefundRequested, PaymentRequested},
     outbox::{self, Relay},
+    topology::Identity,
 };
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// The service whose queue (bound to payment.requested) these tests use.
-const SVC: &str = "payments";
+static SERVICE: Identity = Identity::service(
+    "payments",
+    &[PaymentRequested::TYPE, PaymentRefundRequested::TYPE],
+    &[],
+);
+const SVC: &str = SERVICE.name;
 const WAIT: Duration = Duration::from_secs(15);
 
 /// Records each handled event in a table, and fails or stalls on request.
@@ -128,7 +134,7 @@ struct Harness {
 
 impl Harness {
     async fn new(tweak: impl FnOnce(&mut shop_platform::config::Config)) -> Harness {
-        let env = TestEnv::new(SVC, tweak).await;
+        let env = TestEnv::new(&SERVICE, tweak).await;
         effects_table(&env.pool).await;
         let broker = env.broker().await;
         Harness {

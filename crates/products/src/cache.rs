@@ -83,13 +83,14 @@ impl ProductCache {
     pub fn new(
         conn: RedisConn,
         config: &Config,
+        ttl_secs: u64,
         metrics: Arc<Metrics>,
         stop: CancellationToken,
     ) -> Self {
         ProductCache {
             conn,
             config: config.clone(),
-            ttl_ms: config.cache_ttl_secs.saturating_mul(1000).max(1),
+            ttl_ms: ttl_secs.saturating_mul(1000).max(1),
             metrics,
             set_if_generation: Script::new(SET_IF_GENERATION),
             broken_until: Mutex::new(None),

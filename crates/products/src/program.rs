@@ -4,7 +4,12 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use shop_platform::service::{Context, Parts, Program};
+use clap::Args;
+use shop_platform::{
+    Event as _, events,
+    service::{Context, Parts, Program},
+    topology::Identity,
+};
 use sqlx::{PgPool, migrate::Migrator};
 
 use crate::{cache::ProductCache, catalog::Catalog, http};
@@ -12,16 +17,44 @@ use crate::{cache::ProductCache, catalog::Catalog, http};
 /// The schema's migrations, embedded at build time.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
-pub struct Products;
+/// Who the products service is: it consumes no events and keeps a cache.
+pub static IDENTITY: Identity = Identity {
+    uses_cache: true,
+    ..Identity::service(
+        "products",
+        &[],
+        &[events::ProductCreated::TYPE, events::ProductUpdated::TYPE],
+    )
+};
+
+/// The products service's own settings.
+#[derive(Args, Clone, Debug)]
+pub struct ProductsSettings {
+    /// Port of the products service.
+    #[arg(
+        long,
+        env = "SHOP_PRODUCTS_PORT",
+        default_value_t = 8082,
+        global = true
+    )]
+    pub products_port: u16,
+
+    /// Lifetime of a cached product, in seconds (a random jitter of up to 10% is added).
+    #[arg(long, env = "SHOP_CACHE_TTL_SECS", default_value_t = 60, global = true)]
+    pub cache_ttl_secs: u64,
+}
+
+pub struct Products {
+    pub settings: ProductsSettings,
+}
 
 #[async_trait]
 impl Program for Products {
-    fn name(&self) -> &'static str {
-        "products"
+    fn identity(&self) -> &'static Identity {
+        &IDENTITY
     }
-
-    fn uses_cache(&self) -> bool {
-        true
+    fn port(&self) -> u16 {
+        self.settings.products_port
     }
 
     async fn migrate(&self, pool: &PgPool) -> anyhow::Result<()> {
@@ -37,6 +70,7 @@ impl Program for Products {
         let cache = Arc::new(ProductCache::new(
             conn,
             &ctx.config,
+            self.settings.cache_ttl_secs,
             ctx.metrics.clone(),
             ctx.stop.clone(),
         ));

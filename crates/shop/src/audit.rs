@@ -1,4 +1,4 @@
-//! `shop audit`: checks the invariants of DESIGN.md across every service's data and the
+//! `shop audit`: checks the invariants of docs/architecture.md ("Invariants") across every service's data and the
 //! broker, once the system is quiet.
 //!
 //! 1. every order is CONFIRMED or CANCELLED (none stuck);
@@ -14,9 +14,15 @@ use std::{collections::HashMap, time::Duration};
 
 use anyhow::Context as _;
 use serde::Serialize;
-use shop_platform::{amqp::Broker, config::Config, dlq, topology};
-use sqlx::{Connection as _, PgConnection};
+use shop_platform::{
+    amqp::Broker,
+    config::{Config, redact_url},
+    dlq, metrics, outbox,
+};
+use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
+
+use crate::{PROGRAMS, Settings};
 
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
@@ -96,13 +102,6 @@ impl Report {
     }
 }
 
-async fn scalar(conn: &mut PgConnection, sql: &str) -> anyhow::Result<i64> {
-    sqlx::query_scalar::<_, i64>(sql)
-        .fetch_one(conn)
-        .await
-        .with_context(|| sql.to_string())
-}
-
 /// `shop_messages_in_flight` of the program at `base_url`, or `None` if it does not answer.
 async fn in_flight(http: &reqwest::Client, base_url: &str) -> Option<u64> {
     let text = http
@@ -115,34 +114,31 @@ async fn in_flight(http: &reqwest::Client, base_url: &str) -> Option<u64> {
         .text()
         .await
         .ok()?;
-    Some(sum_of("shop_messages_in_flight", &text))
-}
-
-/// The sum of metric `name` over its label sets in a Prometheus text exposition.
-fn sum_of(name: &str, exposition: &str) -> u64 {
-    let value = exposition
-        .lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(['{', ' ']))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>();
-    value.max(0.0) as u64
+    let n = metrics::sample_sum(&text, "shop_messages_in_flight", &[]);
+    Some(n.max(0.0) as u64)
 }
 
 /// Runs every check. `broker` adds the queue checks (pass `None` to check the databases only).
-pub async fn run(config: &Config, broker: Option<&Broker>) -> anyhow::Result<Report> {
-    let mut conn = PgConnection::connect(&config.database_url)
+/// Each service's crate reads its own tables; this combines what they report.
+pub async fn run(
+    config: &Config,
+    settings: &Settings,
+    broker: Option<&Broker>,
+) -> anyhow::Result<Report> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&config.database_url)
         .await
-        .context("connecting to PostgreSQL")?;
+        .with_context(|| {
+            format!(
+                "connecting to PostgreSQL at {}",
+                redact_url(&config.database_url)
+            )
+        })?;
     let mut r = Report::default();
 
     // 1. orders
-    let orders: Vec<(Uuid, String, Option<String>, i64)> =
-        sqlx::query_as("SELECT id, status, cancel_reason, total_cents FROM orders.orders")
-            .fetch_all(&mut conn)
-            .await?;
+    let orders = shop_orders::store::report(&pool).await?;
     r.orders = orders.len() as i64;
     for (id, status, reason, _) in &orders {
         match status.as_str() {
@@ -162,19 +158,11 @@ pub async fn run(config: &Config, broker: Option<&Broker>) -> anyhow::Result<Rep
     }
 
     // 2. stock
-    let stock: Vec<(Uuid, i64, i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT product_id, initial, adjusted, available, reserved, sold FROM inventory.stock",
-    )
-    .fetch_all(&mut conn)
-    .await?;
-    let sold_by_orders: HashMap<Uuid, i64> = sqlx::query_as::<_, (Uuid, i64)>(
-        "SELECT i.product_id, sum(i.quantity)::int8 FROM orders.order_items i JOIN orders.orders o ON o.id = i.order_id
-         WHERE o.status = 'CONFIRMED' GROUP BY i.product_id",
-    )
-    .fetch_all(&mut conn)
-    .await?
-    .into_iter()
-    .collect();
+    let stock = shop_inventory::stock_report(&pool).await?;
+    let sold_by_orders: HashMap<Uuid, i64> = shop_orders::store::sold_by_product(&pool)
+        .await?
+        .into_iter()
+        .collect();
     r.products = stock.len() as i64;
     for (p, initial, adjusted, available, reserved, sold) in &stock {
         if initial + adjusted != available + reserved + sold {
@@ -201,14 +189,11 @@ pub async fn run(config: &Config, broker: Option<&Broker>) -> anyhow::Result<Rep
     }
 
     // 3. money
-    let payments: HashMap<Uuid, (String, i64)> = sqlx::query_as::<_, (Uuid, String, i64)>(
-        "SELECT order_id, status, amount_cents FROM payments.payments",
-    )
-    .fetch_all(&mut conn)
-    .await?
-    .into_iter()
-    .map(|(o, s, a)| (o, (s, a)))
-    .collect();
+    let payments: HashMap<Uuid, (String, i64)> = shop_payments::money_report(&pool)
+        .await?
+        .into_iter()
+        .map(|(o, s, a)| (o, (s, a)))
+        .collect();
     for (id, status, _, total) in &orders {
         let p = payments.get(id);
         match (status.as_str(), p) {
@@ -230,13 +215,10 @@ pub async fn run(config: &Config, broker: Option<&Broker>) -> anyhow::Result<Rep
     }
 
     // 4. notifications
-    let notes: HashMap<Uuid, i64> = sqlx::query_as::<_, (Uuid, i64)>(
-        "SELECT order_id, count(*) FROM notifications.notifications WHERE order_id IS NOT NULL GROUP BY order_id",
-    )
-    .fetch_all(&mut conn)
-    .await?
-    .into_iter()
-    .collect();
+    let notes: HashMap<Uuid, i64> = shop_notifications::store::per_order(&pool)
+        .await?
+        .into_iter()
+        .collect();
     for (id, status, _, _) in &orders {
         if status == "CONFIRMED" || status == "CANCELLED" {
             let n = notes.get(id).copied().unwrap_or(0);
@@ -250,31 +232,19 @@ pub async fn run(config: &Config, broker: Option<&Broker>) -> anyhow::Result<Rep
     }
 
     // 5. outboxes and queues
-    for schema in [
-        "users",
-        "products",
-        "inventory",
-        "orders",
-        "payments",
-        "notifications",
-    ] {
-        let exists = scalar(&mut conn, &format!("SELECT count(*) FROM information_schema.tables WHERE table_schema = '{schema}' AND table_name = 'outbox'")).await?;
-        if exists == 1 {
-            let unsent = scalar(
-                &mut conn,
-                &format!("SELECT count(*) FROM {schema}.outbox WHERE sent_at IS NULL"),
-            )
-            .await?;
-            if unsent > 0 {
-                r.violations
-                    .push(format!("{unsent} {schema} outbox rows not published"));
-            }
-            r.outbox_unsent += unsent;
+    for e in PROGRAMS.iter().filter(|e| e.identity.uses_database) {
+        let schema = e.identity.name;
+        let unsent = outbox::unsent_in(&pool, schema).await?;
+        if unsent > 0 {
+            r.violations
+                .push(format!("{unsent} {schema} outbox rows not published"));
         }
+        r.outbox_unsent += unsent;
     }
     if let Some(broker) = broker {
         let ch = broker.channel().await?;
-        for svc in topology::consuming_services() {
+        let topology = crate::topology();
+        for svc in topology.consuming_services() {
             // The work queue, then the retry queues (a message waiting out its retry delay is
             // work not yet done). Unacknowledged messages are not counted here: a consumer
             // holding one forever shows as a stuck order, a missing notification or a
@@ -311,8 +281,9 @@ pub async fn run(config: &Config, broker: Option<&Broker>) -> anyhow::Result<Rep
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
             .build()?;
-        for svc in topology::consuming_services() {
-            match in_flight(&http, &config.service_url(svc)).await {
+        let fleet = crate::fleet(config, settings);
+        for svc in topology.consuming_services() {
+            match in_flight(&http, fleet.url(svc)?).await {
                 Some(n) => {
                     if n > 0 {
                         r.violations.push(format!(
@@ -331,22 +302,6 @@ pub async fn run(config: &Config, broker: Option<&Broker>) -> anyhow::Result<Rep
             ));
         }
     }
-    conn.close().await?;
+    pool.close().await;
     Ok(r)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_metric_is_summed_over_its_label_sets_and_nothing_else() {
-        let text = "# HELP shop_messages_in_flight Deliveries received\n\
-                    # TYPE shop_messages_in_flight gauge\n\
-                    shop_messages_in_flight{program=\"orders\"} 2\n\
-                    shop_messages_in_flight_other{program=\"orders\"} 7\n\
-                    shop_messages_in_flight 1\n";
-        assert_eq!(sum_of("shop_messages_in_flight", text), 3);
-        assert_eq!(sum_of("shop_messages_consumed_total", text), 0);
-    }
 }

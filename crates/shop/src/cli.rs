@@ -16,7 +16,7 @@ use shop_platform::{
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::{PROGRAMS, program};
+use crate::{PROGRAMS, Settings, fleet, names, program, topology};
 
 /// Shop: an event-driven e-commerce backend (gateway + six services over RabbitMQ, Redis and
 /// PostgreSQL).
@@ -25,6 +25,8 @@ use crate::{PROGRAMS, program};
 pub struct Cli {
     #[command(flatten)]
     pub config: Config,
+    #[command(flatten)]
+    pub settings: Settings,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -37,7 +39,7 @@ pub enum Command {
     /// Run one program, as in production.
     Run {
         /// users, products, inventory, orders, payments, notifications or gateway.
-        #[arg(value_parser = clap::builder::PossibleValuesParser::new(PROGRAMS))]
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(names()))]
         program: String,
     },
     /// Apply every service's database migrations (also done at start-up).
@@ -51,6 +53,9 @@ pub enum Command {
     },
     /// Fill an idempotent demo catalog (about 20 products with stock).
     Seed,
+    /// Print the AsyncAPI 3 document of every event (also served by the gateway at
+    /// `/asyncapi.json`, and committed as docs/asyncapi.json).
+    Asyncapi,
     /// Generate load against the gateway (orders, or cached product reads), report rates,
     /// latencies, errors and outcomes, then audit; exits non-zero if an order did not
     /// settle or the audit fails.
@@ -115,22 +120,22 @@ pub fn main(cli: Cli) -> ExitCode {
 }
 
 async fn execute(cli: Cli) -> anyhow::Result<()> {
-    let config = cli.config;
+    let (config, settings) = (cli.config, cli.settings);
     match cli.command {
-        Command::Up => serve(&config, PROGRAMS).await,
-        Command::Run { program } => serve(&config, &[program.as_str()]).await,
+        Command::Up => serve(&config, &settings, &names().collect::<Vec<_>>()).await,
+        Command::Run { program } => serve(&config, &settings, &[program.as_str()]).await,
         Command::Migrate => {
-            for name in PROGRAMS {
-                service::migrate(program(name).expect("known").as_ref(), &config).await?;
+            for e in PROGRAMS {
+                service::migrate((e.build)(&settings).as_ref(), &config).await?;
             }
             println!("migrations applied");
             Ok(())
         }
         Command::Dlq { command } => dlq_command(&config, command).await,
-        Command::Load(args) => crate::load::run(&config, args).await,
+        Command::Load(args) => crate::load::run(&config, &settings, args).await,
         Command::Audit { json } => {
             let broker = dlq_broker(&config).await?;
-            let report = crate::audit::run(&config, Some(&broker)).await;
+            let report = crate::audit::run(&config, &settings, Some(&broker)).await;
             broker.close().await;
             let report = report?;
             if json {
@@ -144,9 +149,15 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("{} invariant violation(s)", report.violations.len())
             }
         }
+        Command::Asyncapi => {
+            println!("{}", serde_json::to_string_pretty(&crate::asyncapi())?);
+            Ok(())
+        }
         Command::Seed => {
-            let pool = shop_platform::db::connect(&config.database_url, "products", 2).await?;
-            shop_platform::service::Program::migrate(&shop_products::Products, &pool).await?;
+            let products = program(shop_products::program::IDENTITY.name, &settings)
+                .expect("products is a program");
+            let pool = shop_platform::db::connect(&config.database_url, products.name(), 2).await?;
+            products.migrate(&pool).await?;
             let n = shop_products::seed(&pool).await?;
             println!(
                 "seeded {n} new product(s); the relay of a running products service publishes them"
@@ -181,15 +192,18 @@ pub fn shutdown_signal() -> CancellationToken {
 }
 
 /// Starts the named programs, then waits for a stop signal and stops them gracefully.
-async fn serve(config: &Config, names: &[&str]) -> anyhow::Result<()> {
+async fn serve(config: &Config, settings: &Settings, names: &[&str]) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
+    let fleet = fleet(config, settings);
     let mut running: Vec<Running> = Vec::new();
     for name in names {
         let started = async {
-            let listener = service::bind(&config.bind, config.port_of(name)).await?;
+            let program = program(name, settings).expect("a known program");
+            let listener = service::bind(&config.bind, program.port()).await?;
             service::start(
-                program(name).expect("known"),
+                program,
                 config.clone(),
+                fleet.clone(),
                 listener,
                 shutdown.clone(),
             )
@@ -219,7 +233,7 @@ async fn serve(config: &Config, names: &[&str]) -> anyhow::Result<()> {
 
 async fn dlq_broker(config: &Config) -> anyhow::Result<Arc<Broker>> {
     Broker::connect(
-        BrokerConfig::for_tools(config, "shop-tool"),
+        BrokerConfig::for_tools(config, "shop-tool", topology()),
         Arc::new(Metrics::new("dlq-tool")),
     )
     .await

@@ -48,7 +48,7 @@ use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use uuid::Uuid;
 
-use crate::audit;
+use crate::{Settings, audit};
 
 /// What to load.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -125,7 +125,7 @@ const MAX_POLL: Duration = Duration::from_millis(1000);
 const DEFAULT_DURATION_SECS: f64 = 10.0;
 
 /// Runs the load and prints the report; fails if an order did not settle or the audit fails.
-pub async fn run(config: &Config, args: LoadArgs) -> anyhow::Result<()> {
+pub async fn run(config: &Config, settings: &Settings, args: LoadArgs) -> anyhow::Result<()> {
     validate(&args)?;
     let base = args.gateway.trim_end_matches('/').to_string();
     let http = Client::builder()
@@ -152,7 +152,7 @@ pub async fn run(config: &Config, args: LoadArgs) -> anyhow::Result<()> {
     }
 
     let setup = Instant::now();
-    let admin = admin_token(config, &api).await?;
+    let admin = admin_token(settings, &api).await?;
     let run_id = Uuid::new_v4().simple().to_string()[..10].to_string();
     let catalog = create_products(&api, &admin, &args, &run_id).await?;
     let users = match args.mode {
@@ -178,7 +178,7 @@ pub async fn run(config: &Config, args: LoadArgs) -> anyhow::Result<()> {
 
     if args.audit {
         eprintln!("load: auditing (waiting up to {AUDIT_DEADLINE:?} for the system to settle)");
-        report.audit = Some(audit_when_quiet(config).await?);
+        report.audit = Some(audit_when_quiet(config, settings).await?);
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -366,8 +366,10 @@ impl Api {
     }
 }
 
-async fn admin_token(config: &Config, api: &Api) -> anyhow::Result<String> {
-    let (Some(email), Some(password)) = (&config.admin_email, &config.admin_password) else {
+async fn admin_token(settings: &Settings, api: &Api) -> anyhow::Result<String> {
+    let (Some(email), Some(password)) =
+        (&settings.users.admin_email, &settings.users.admin_password)
+    else {
         bail!(
             "creating products needs the administrator: set --admin-email and --admin-password (SHOP_ADMIN_EMAIL, SHOP_ADMIN_PASSWORD)"
         );
@@ -1154,15 +1156,15 @@ impl Report {
 
 /// Runs the audit until it passes (the system settles shortly after the last order), or
 /// returns the last report after the deadline.
-async fn audit_when_quiet(config: &Config) -> anyhow::Result<audit::Report> {
+async fn audit_when_quiet(config: &Config, settings: &Settings) -> anyhow::Result<audit::Report> {
     let broker = Broker::connect(
-        BrokerConfig::for_tools(config, "shop-load"),
+        BrokerConfig::for_tools(config, "shop-load", crate::topology()),
         Arc::new(Metrics::new("load")),
     )
     .await?;
     let until = Instant::now() + AUDIT_DEADLINE;
     let result = loop {
-        match audit::run(config, Some(&broker)).await {
+        match audit::run(config, settings, Some(&broker)).await {
             Ok(r) if r.ok() || Instant::now() > until => break Ok(r),
             Ok(_) => {}
             Err(e) if Instant::now() > until => break Err(e),

@@ -1,3 +1,5 @@
+//! The `shop` executable: the allocator, then the command line of [`shop::cli`].
+
 use clap::Parser as _;
 
 /// mimalloc rather than the system allocator: glibc keeps the 19 MiB buffer of every Argon2

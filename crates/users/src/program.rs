@@ -2,7 +2,13 @@
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use shop_platform::service::{Context, Parts, Program};
+use clap::Args;
+use shop_platform::{
+    Event as _, events,
+    service::{Context, Parts, Program},
+    session::SessionSettings,
+    topology::Identity,
+};
 use sqlx::PgPool;
 use tracing::{info, warn};
 
@@ -13,15 +19,45 @@ use crate::{
     store,
 };
 
-pub struct Users;
+/// Who the users service is: it consumes no events.
+pub static IDENTITY: Identity = Identity::service("users", &[], &[events::UserRegistered::TYPE]);
+
+/// The users service's own settings.
+#[derive(Args, Clone, Debug)]
+pub struct UsersSettings {
+    /// Port of the users service.
+    #[arg(long, env = "SHOP_USERS_PORT", default_value_t = 8081, global = true)]
+    pub users_port: u16,
+
+    /// E-mail of the administrator created or updated at start-up (none if unset).
+    #[arg(long, env = "SHOP_ADMIN_EMAIL", global = true)]
+    pub admin_email: Option<String>,
+
+    /// Password of that administrator.
+    #[arg(
+        long,
+        env = "SHOP_ADMIN_PASSWORD",
+        global = true,
+        hide_env_values = true
+    )]
+    pub admin_password: Option<String>,
+}
+
+pub struct Users {
+    pub settings: UsersSettings,
+    pub sessions: SessionSettings,
+}
 
 /// Display name given to an administrator created from configuration.
 const ADMIN_NAME: &str = "Administrator";
 
 #[async_trait]
 impl Program for Users {
-    fn name(&self) -> &'static str {
-        "users"
+    fn identity(&self) -> &'static Identity {
+        &IDENTITY
+    }
+    fn port(&self) -> u16 {
+        self.settings.users_port
     }
 
     async fn migrate(&self, pool: &PgPool) -> anyhow::Result<()> {
@@ -36,7 +72,7 @@ impl Program for Users {
         // Pay for the dummy hash now, not in the first login with an unknown e-mail.
         hasher.run(domain::warm_up_dummy_hash).await?;
 
-        match (&ctx.config.admin_email, &ctx.config.admin_password) {
+        match (&self.settings.admin_email, &self.settings.admin_password) {
             (Some(email), Some(password)) => ensure_admin(&pool, &hasher, email, password).await?,
             (None, None) => {}
             _ => warn!(
@@ -48,7 +84,7 @@ impl Program for Users {
             pool,
             redis,
             namespace: ctx.config.namespace.clone(),
-            session_ttl_secs: ctx.config.session_ttl_secs,
+            session_ttl_secs: self.sessions.session_ttl_secs,
             hasher,
             outbox: ctx.outbox.clone(),
         };

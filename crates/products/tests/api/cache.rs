@@ -1,3 +1,5 @@
+//! The product cache: cache-aside, single flight, invalidation, and serving while Redis is away.
+
 use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
@@ -79,7 +81,7 @@ async fn concurrent_misses_load_the_database_once() {
 #[tokio::test]
 async fn with_redis_down_products_come_from_postgres() {
     let proxy = Proxy::start("127.0.0.1:6379").await;
-    let env = TestEnv::new("products", |_| {}).await;
+    let env = TestEnv::new(&shop_products::program::IDENTITY, |_| {}).await;
     let mut config = env.config.clone();
     let through_proxy = format!("redis://127.0.0.1:{}", proxy.port);
     config.redis_url = through_proxy.clone();
@@ -143,11 +145,12 @@ fn sample(price_cents: i64) -> Product {
 
 #[tokio::test]
 async fn a_load_that_raced_an_invalidation_does_not_cache_its_old_value() {
-    let env = TestEnv::new("products", |_| {}).await;
+    let env = TestEnv::new(&shop_products::program::IDENTITY, |_| {}).await;
     let conn = redis_util::connect(&env.config.redis_url).await.unwrap();
     let cache = ProductCache::new(
         conn,
         &env.config,
+        60,
         Arc::new(Metrics::new("products")),
         CancellationToken::new(),
     );

@@ -1,3 +1,5 @@
+//! The catalog routes: create, read, list with cursors, update, validation and access.
+
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use shop_platform::{

@@ -1,3 +1,5 @@
+//! The products service started for a test, and typed requests to it.
+
 use std::sync::Arc;
 
 use reqwest::{RequestBuilder, Response, StatusCode};
@@ -5,58 +7,42 @@ use serde_json::{Value, json};
 use shop_platform::{
     config::Config,
     http::{X_USER_ID, X_USER_ROLE},
-    service::{self, Running},
-    testkit::TestEnv,
+    metrics,
+    testkit::{TestEnv, TestService},
 };
 use shop_products::Products;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub struct App {
-    pub env: TestEnv,
-    pub running: Running,
-    pub base: String,
-    pub http: reqwest::Client,
+/// The products service on the real servers ([`TestService`]), with its own helpers.
+pub struct App(pub TestService);
+
+impl std::ops::Deref for App {
+    type Target = TestService;
+    fn deref(&self) -> &TestService {
+        &self.0
+    }
+}
+
+/// The products program with default settings.
+pub fn products() -> Arc<Products> {
+    Arc::new(Products {
+        settings: shop_platform::config::defaults(),
+    })
 }
 
 impl App {
     pub async fn spawn() -> App {
-        let env = TestEnv::new("products", |_| {}).await;
-        let running = env.start(Arc::new(Products)).await;
-        App::new(env, running)
+        App(TestService::start(products(), |_| {}).await)
     }
 
     /// Starts the program with its own configuration (e.g. Redis through a proxy), while
     /// `env` keeps the real servers for inspection and cleanup.
     pub async fn spawn_with(env: TestEnv, config: Config) -> App {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let running = service::start(
-            Arc::new(Products),
-            config,
-            listener,
-            CancellationToken::new(),
-        )
-        .await
-        .expect("products starts");
-        App::new(env, running)
-    }
-
-    fn new(env: TestEnv, running: Running) -> App {
-        let base = format!("http://{}", running.addr);
-        App {
-            env,
-            running,
-            base,
-            http: reqwest::Client::new(),
-        }
+        App(TestService::start_in(env, products(), config).await)
     }
 
     pub async fn stop(self) {
-        self.running.stop().await.expect("products stops");
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        self.0.stop().await;
     }
 
     pub fn as_admin(&self, req: RequestBuilder) -> RequestBuilder {
@@ -117,11 +103,7 @@ impl App {
             .text()
             .await
             .unwrap();
-        let prefix = format!("shop_{name}_total{{");
-        text.lines()
-            .find(|l| l.starts_with(&prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .map_or(0, |v| v.parse().unwrap())
+        metrics::sample_sum(&text, &format!("shop_{name}_total"), &[]) as u64
     }
 
     /// The cached JSON of a product, read straight from Redis.

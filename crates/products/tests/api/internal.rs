@@ -1,3 +1,5 @@
+//! The internal price list orders reads when it places an order.
+
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;

@@ -1,8 +1,10 @@
+//! `shop seed`: the demo catalog is added once.
+
 use shop_platform::{Envelope, events::ProductCreated, testkit::TestEnv};
 
 #[tokio::test]
 async fn seeding_is_idempotent() {
-    let env = TestEnv::new("products", |_| {}).await;
+    let env = TestEnv::new(&shop_products::program::IDENTITY, |_| {}).await;
     assert_eq!(shop_products::seed(&env.pool).await.unwrap(), 20);
     assert_eq!(shop_products::seed(&env.pool).await.unwrap(), 0);
 

@@ -1,6 +1,6 @@
 //! One scenario's world: private servers, every program as its own process against them, a
 //! catalogue, a few shoppers and the order trickle; then, after the fault, the settling and
-//! the verdict: the audit of DESIGN.md's invariants, dead letters, accepted orders, crashed
+//! the verdict: the audit of the invariants of docs/architecture.md, dead letters, accepted orders, crashed
 //! programs, and the figures printed and appended to the report.
 
 use std::{
@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::{
-    cluster::{Cluster, PROGRAMS},
+    cluster::Cluster,
     load::{Catalogue, Shopper, Tally, Trickle},
     report,
     servers::Servers,
@@ -243,10 +243,10 @@ impl Chaos {
     /// after the fact).
     pub async fn wait_clean(&self, deadline: Duration) {
         let broker = self.cluster.broker().await;
-        let config = &self.cluster.config;
+        let (config, settings) = (&self.cluster.config, &self.cluster.settings);
         let broker_ref = &broker;
         eventually("the audit is clean", deadline, || async move {
-            let audit = shop::audit::run(config, Some(broker_ref)).await;
+            let audit = shop::audit::run(config, settings, Some(broker_ref)).await;
             let dead = dlq::list(broker_ref, None).await;
             matches!((audit, dead), (Ok(a), Ok(d)) if a.ok() && d.is_empty())
         })
@@ -290,20 +290,13 @@ impl Chaos {
     /// Sum of a metric (all its label sets) over every program's `/metrics`.
     pub async fn metric_sum(&self, name: &str) -> u64 {
         let mut total = 0.0;
-        for p in PROGRAMS {
+        for p in shop::names() {
             let url = format!("http://127.0.0.1:{}/metrics", self.cluster.port(p));
             let Ok(r) = self.cluster.http.get(&url).send().await else {
                 continue;
             };
             let text = r.text().await.unwrap_or_default();
-            for line in text.lines() {
-                if let Some(rest) = line.strip_prefix(name)
-                    && (rest.starts_with('{') || rest.starts_with(' '))
-                    && let Some(v) = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok())
-                {
-                    total += v;
-                }
-            }
+            total += shop_platform::metrics::sample_sum(&text, name, &[]);
         }
         total as u64
     }
@@ -398,7 +391,9 @@ impl Chaos {
                 .await
                 .is_ok_and(|r| r.status() == StatusCode::OK);
             if ready {
-                let audit = shop::audit::run(&self.cluster.config, Some(&broker)).await;
+                let audit =
+                    shop::audit::run(&self.cluster.config, &self.cluster.settings, Some(&broker))
+                        .await;
                 let dead = dlq::list(&broker, None).await;
                 if let (Ok(audit), Ok(dead)) = (audit, dead) {
                     let ids: BTreeSet<&str> = dead.iter().map(|d| d.message_id.as_str()).collect();

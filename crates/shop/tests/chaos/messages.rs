@@ -16,7 +16,6 @@ use shop_platform::{
     events::{
         NotificationSent, OrderCreated, OrderLine, PaymentRequested, ProductCreated, StockReserved,
     },
-    topology,
 };
 use sqlx::{Connection as _, PgConnection};
 use uuid::Uuid;
@@ -49,8 +48,9 @@ fn envelope_bytes(env: &Envelope, tweak: impl FnOnce(&mut serde_json::Value)) ->
 fn poison_set() -> Vec<Poison> {
     let mut all = Vec::new();
     let any = Uuid::now_v7();
-    for service in topology::consuming_services() {
-        let handled = topology::bindings_of(service)[0];
+    let topology = shop::topology();
+    for service in topology.consuming_services() {
+        let handled = topology.bindings_of(service)[0];
         // Bytes that are not JSON at all.
         all.push(Poison {
             service,
@@ -291,11 +291,13 @@ async fn saga_events_duplicated_and_reordered_change_nothing() {
         let j = dice.below(i as u64 + 1) as usize;
         deliveries.swap(i, j);
     }
+    let topology = shop::topology();
     let expected: u64 = deliveries
         .iter()
         .map(|e| {
-            topology::consuming_services()
-                .filter(|s| topology::bindings_of(s).contains(&e.event_type.as_str()))
+            topology
+                .consuming_services()
+                .filter(|s| topology.bindings_of(s).contains(&e.event_type.as_str()))
                 .count() as u64
         })
         .sum();

@@ -14,6 +14,7 @@ use std::{
 
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
+use shop::{PROGRAMS, Settings, port_variable};
 use shop_platform::{
     amqp::{Broker, BrokerConfig},
     config::Config,
@@ -23,20 +24,13 @@ use shop_platform::{
 };
 use uuid::Uuid;
 
-pub const PROGRAMS: &[&str] = &[
-    "users",
-    "products",
-    "inventory",
-    "orders",
-    "payments",
-    "notifications",
-    "gateway",
-];
 pub const ADMIN_EMAIL: &str = "admin@shop.test";
 pub const ADMIN_PASSWORD: &str = "admin-password-123";
 
 pub struct Cluster {
     pub config: Config,
+    /// The programs' settings as the processes get them (ports, administrator).
+    pub settings: Settings,
     pub base: String,
     pub http: Client,
     pub log_dir: PathBuf,
@@ -71,11 +65,13 @@ impl Cluster {
             ("SHOP_RETRY_DELAYS_MS".into(), "200,500".into()),
             ("SHOP_LOG".into(), "info,sqlx=warn,lapin=warn".into()),
         ];
-        for p in PROGRAMS {
-            env.push((
-                format!("SHOP_{}_PORT", p.to_uppercase()),
-                free_port().to_string(),
-            ));
+        let mut settings = Settings::defaults();
+        settings.users.admin_email = Some(ADMIN_EMAIL.into());
+        settings.users.admin_password = Some(ADMIN_PASSWORD.into());
+        for e in PROGRAMS {
+            let port = free_port();
+            *(e.port)(&mut settings) = port;
+            env.push((port_variable(e.identity.name), port.to_string()));
         }
         for (k, v) in extra {
             env.retain(|(ek, _)| ek != k);
@@ -95,12 +91,7 @@ impl Cluster {
                 _ => {}
             }
         }
-        let gateway_port = env
-            .iter()
-            .find(|(k, _)| k == "SHOP_GATEWAY_PORT")
-            .unwrap()
-            .1
-            .clone();
+        let gateway_port = settings.gateway.gateway_port;
         // Create the database once, before seven processes race to.
         let _ = db_url;
         db::ensure_database(&config.database_url).await.unwrap();
@@ -110,6 +101,7 @@ impl Cluster {
         std::fs::create_dir_all(&log_dir).unwrap();
         let mut cluster = Cluster {
             config,
+            settings,
             base: format!("http://127.0.0.1:{gateway_port}"),
             http: Client::builder()
                 .timeout(Duration::from_secs(30))
@@ -119,7 +111,7 @@ impl Cluster {
             env,
             children: HashMap::new(),
         };
-        for p in PROGRAMS {
+        for p in shop::names() {
             cluster.spawn(p);
         }
         cluster.wait_ready(Duration::from_secs(90)).await;
@@ -213,14 +205,9 @@ impl Cluster {
     }
 
     pub fn port(&self, program: &str) -> u16 {
-        let key = format!("SHOP_{}_PORT", program.to_uppercase());
-        self.env
-            .iter()
-            .find(|(k, _)| *k == key)
-            .unwrap()
-            .1
-            .parse()
-            .unwrap()
+        shop::program(program, &self.settings)
+            .expect("a program of the shop")
+            .port()
     }
 
     pub async fn wait_ready(&self, deadline: Duration) {
@@ -242,7 +229,7 @@ impl Cluster {
     /// Every log line the programs wrote so far.
     pub fn logs(&self) -> String {
         let mut all = String::new();
-        for p in PROGRAMS {
+        for p in shop::names() {
             all.push_str(
                 &std::fs::read_to_string(self.log_dir.join(format!("{p}.log"))).unwrap_or_default(),
             );
@@ -252,7 +239,7 @@ impl Cluster {
 
     pub async fn broker(&self) -> std::sync::Arc<Broker> {
         Broker::connect(
-            BrokerConfig::for_tools(&self.config, "e2e-test"),
+            BrokerConfig::for_tools(&self.config, "e2e-test", shop::topology()),
             std::sync::Arc::new(Metrics::new("e2e")),
         )
         .await
@@ -414,7 +401,9 @@ impl Cluster {
         let broker = self.broker().await;
         let until = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let r = shop::audit::run(&self.config, Some(&broker)).await.unwrap();
+            let r = shop::audit::run(&self.config, &self.settings, Some(&broker))
+                .await
+                .unwrap();
             if r.ok() && r.dead_letters.is_empty() {
                 broker.close().await;
                 return r;
@@ -449,7 +438,7 @@ impl Drop for Cluster {
                 .unwrap();
             rt.block_on(async move {
                 let _ = db::drop_database(&config.database_url).await;
-                delete_topology(&config).await;
+                delete_topology(&config, &shop::topology()).await;
                 delete_redis_keys(&config).await;
             });
         })

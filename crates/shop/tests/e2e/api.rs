@@ -40,18 +40,23 @@ async fn the_public_api_is_safe_and_behaves() {
         .await
         .unwrap();
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    // The AsyncAPI document of the events, beside it, is the committed one.
+    let events: Value = shop
+        .http
+        .get(format!("{base}/asyncapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(events["asyncapi"], "3.0.0");
+    assert_eq!(events, shop::asyncapi());
 
     // Readiness aggregates every service.
     let (s, ready) = shop.call(Method::GET, "/health/ready", None, None).await;
     assert_eq!(s, StatusCode::OK);
-    for svc in [
-        "users",
-        "products",
-        "inventory",
-        "orders",
-        "payments",
-        "notifications",
-    ] {
+    for svc in shop::names().filter(|p| *p != shop_gateway::program::IDENTITY.name) {
         assert_eq!(ready["info"][svc]["status"], "up", "{ready}");
     }
 
@@ -313,7 +318,12 @@ async fn the_public_api_is_safe_and_behaves() {
     eventually(
         "the audit is clean",
         Duration::from_secs(5),
-        || async move { shop::audit::run(&shop_ref.config, None).await.unwrap().ok() },
+        || async move {
+            shop::audit::run(&shop_ref.config, &shop_ref.settings, None)
+                .await
+                .unwrap()
+                .ok()
+        },
     )
     .await;
 }

@@ -1,6 +1,6 @@
 //! The order saga end to end: happy path, decline, out of stock, timeout with a late payment,
 //! oversell under concurrency, idempotency, object-level access, duplicated and reordered
-//! events; after each, the invariants of DESIGN.md hold.
+//! events; after each, the invariants of docs/architecture.md hold.
 
 use std::time::Duration;
 
@@ -304,15 +304,7 @@ async fn the_audit_names_every_broken_invariant() {
     assert!(shop.audit_clean().await.ok());
 
     // Nothing may repair the damage while the audit looks at it.
-    for program in [
-        "gateway",
-        "users",
-        "products",
-        "inventory",
-        "orders",
-        "payments",
-        "notifications",
-    ] {
+    for program in shop::names() {
         shop.kill(program);
     }
     let mut db = sqlx::PgConnection::connect(&shop.config.database_url)
@@ -359,7 +351,9 @@ async fn the_audit_names_every_broken_invariant() {
     .await
     .unwrap();
 
-    let report = shop::audit::run(&shop.config, Some(&broker)).await.unwrap();
+    let report = shop::audit::run(&shop.config, &shop.settings, Some(&broker))
+        .await
+        .unwrap();
     let found = report.violations.join("\n");
     assert!(!report.ok());
     for expected in [

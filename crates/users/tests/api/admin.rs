@@ -1,10 +1,11 @@
-use std::sync::Arc;
+//! The administrator from configuration: created at start-up, idempotent, promoting an existing
+//! account.
 
 use reqwest::StatusCode;
 use serde_json::Value;
-use shop_users::Users;
+use shop_users::program::UsersSettings;
 
-use crate::helpers::{App, PASSWORD, id_of};
+use crate::helpers::{App, PASSWORD, id_of, users};
 
 const ADMIN: &str = "admin@example.com";
 const ADMIN_PASSWORD: &str = "admin password 1";
@@ -26,11 +27,11 @@ async fn registered_events(app: &App) -> i64 {
 
 #[tokio::test]
 async fn administrator_is_created_at_start_and_restarts_are_idempotent() {
-    let app = App::spawn_with(|c| {
-        c.admin_email = Some(ADMIN.into());
-        c.admin_password = Some(ADMIN_PASSWORD.into());
-    })
-    .await;
+    let admin = |s: &mut UsersSettings| {
+        s.admin_email = Some(ADMIN.into());
+        s.admin_password = Some(ADMIN_PASSWORD.into());
+    };
+    let app = App::spawn_with(admin).await;
 
     let r = app.login(ADMIN, ADMIN_PASSWORD).await;
     assert_eq!(r.status(), StatusCode::OK);
@@ -39,10 +40,7 @@ async fn administrator_is_created_at_start_and_restarts_are_idempotent() {
     let admin_id = id_of(&body["user"]);
 
     // Two more instances starting at the same moment: neither fails, nothing is duplicated.
-    let (a, b) = tokio::join!(
-        app.env.start(Arc::new(Users)),
-        app.env.start(Arc::new(Users))
-    );
+    let (a, b) = tokio::join!(app.env.start(users(admin)), app.env.start(users(admin)));
     a.stop().await.unwrap();
     b.stop().await.unwrap();
     assert_eq!(
@@ -59,13 +57,17 @@ async fn administrator_is_created_at_start_and_restarts_are_idempotent() {
 
 #[tokio::test]
 async fn an_existing_account_is_promoted_with_the_configured_password() {
-    let mut app = App::spawn().await;
+    let app = App::spawn().await;
     let user = app.registered("erin@example.com").await;
     assert_eq!(user["role"], "user");
 
-    app.env.config.admin_email = Some("Erin@Example.com".into());
-    app.env.config.admin_password = Some(ADMIN_PASSWORD.into());
-    let second = app.env.start(Arc::new(Users)).await;
+    let second = app
+        .env
+        .start(users(|s| {
+            s.admin_email = Some("Erin@Example.com".into());
+            s.admin_password = Some(ADMIN_PASSWORD.into());
+        }))
+        .await;
     second.stop().await.unwrap();
 
     assert_eq!(

@@ -1,23 +1,43 @@
+//! The users service started for a test, and typed requests to it.
+
 use std::sync::Arc;
 
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 use shop_platform::{
-    config::Config,
+    config::defaults,
     http::{X_USER_ID, X_USER_ROLE},
-    service::Running,
-    testkit::TestEnv,
+    testkit::TestService,
 };
-use shop_users::Users;
+use shop_users::{Users, program::UsersSettings};
 use uuid::Uuid;
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
-pub struct App {
-    pub env: TestEnv,
-    pub running: Running,
-    pub base: String,
-    pub http: reqwest::Client,
+/// The users service on the real servers ([`TestService`]), with its own helpers.
+pub struct App(pub TestService);
+
+impl std::ops::Deref for App {
+    type Target = TestService;
+    fn deref(&self) -> &TestService {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for App {
+    fn deref_mut(&mut self) -> &mut TestService {
+        &mut self.0
+    }
+}
+
+/// The users program with default settings, changed by `tweak`.
+pub fn users(tweak: impl FnOnce(&mut UsersSettings)) -> Arc<Users> {
+    let mut settings: UsersSettings = defaults();
+    tweak(&mut settings);
+    Arc::new(Users {
+        settings,
+        sessions: defaults(),
+    })
 }
 
 impl App {
@@ -25,24 +45,12 @@ impl App {
         App::spawn_with(|_| {}).await
     }
 
-    pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> App {
-        let env = TestEnv::new("users", tweak).await;
-        let running = env.start(Arc::new(Users)).await;
-        let base = format!("http://{}", running.addr);
-        App {
-            env,
-            running,
-            base,
-            http: reqwest::Client::new(),
-        }
+    pub async fn spawn_with(tweak: impl FnOnce(&mut UsersSettings)) -> App {
+        App(TestService::start(users(tweak), |_| {}).await)
     }
 
     pub async fn stop(self) {
-        self.running.stop().await.expect("users stops");
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        self.0.stop().await;
     }
 
     pub async fn register(&self, email: &str, password: &str, name: &str) -> Response {
