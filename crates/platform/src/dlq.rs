@@ -12,8 +12,9 @@ use lapin::{
 };
 use serde::Serialize;
 
-use crate::amqp::{
-    Broker, H_ATTEMPTS, H_DEAD_AT, H_QUEUE, H_REASON, header_int, header_str, replay_to_queue,
+use crate::{
+    amqp::{Broker, H_ATTEMPTS, H_DEAD_AT, H_QUEUE, H_REASON, header_int, header_str},
+    bus::PublishError,
 };
 
 /// A dead-lettered message as an operator sees it.
@@ -182,4 +183,30 @@ pub async fn replay(
     }
     let _ = ch.close(200, "replayed".into()).await;
     Ok(replayed)
+}
+
+/// Re-publishes a dead-lettered message body to `queue` as a fresh first attempt.
+async fn replay_to_queue(
+    broker: &Broker,
+    queue: &str,
+    body: &[u8],
+    props: &BasicProperties,
+) -> Result<(), PublishError> {
+    let mut headers = props.headers().clone().unwrap_or_default();
+    let kept: FieldTable = headers
+        .inner()
+        .iter()
+        .filter(|(k, _)| {
+            !k.as_str().starts_with("x-shop-")
+                && k.as_str() != "x-death"
+                && !k.as_str().starts_with("x-first-death")
+                && !k.as_str().starts_with("x-last-death")
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into();
+    headers = kept;
+    broker
+        .publish_to_queue(queue, body, props.clone().with_headers(headers))
+        .await
 }

@@ -1,0 +1,84 @@
+//! RabbitMQ with lapin: topology, confirmed publishing, consumers with manual acks, retries
+//! through delay queues, dead-lettering with a reason, and reconnection. By what it holds:
+//! [`connection`] (the self-healing connection and its supervisor), [`publish`] (confirmed
+//! publishing), [`declare`] (the topology's queues and bindings, named in
+//! [`crate::topology`]), [`consumer`] (the consumer and its message fates) and [`headers`].
+//!
+//! A [`Broker`] owns one connection and a confirm-mode publishing channel. A supervisor task
+//! watches the connection; when it breaks (broker restart, connections closed, network cut)
+//! it reconnects with backoff, declares the topology again and hands the new connection to
+//! every consumer task, which resumes by itself. While there is no connection, publishing
+//! fails fast with [`PublishError::Unavailable`] (the outbox keeps the event) and readiness
+//! reports the broker down.
+//!
+//! Message fate in a consumer, decided only after the handler's transaction:
+//! - handled (or a duplicate suppressed by the inbox): acked;
+//! - transient failure: a copy goes to `<queue>.retry.<n>` (a queue whose TTL is the n-th
+//!   delay and whose dead-letter target is the service queue), then the original is acked;
+//! - permanent failure, unparseable body, unknown type or newer version, or attempts used up:
+//!   a copy goes to `<queue>.dlq` with `x-shop-reason`, then the original is acked;
+//! - if that copy cannot be confirmed, the original is nacked back to the queue: never lost.
+//!
+//! Messages that outlive the queue TTL are dead-lettered by RabbitMQ itself to the same
+//! `<queue>.dlq`, with its `x-death` header saying `expired`.
+
+use std::time::Duration;
+
+use crate::{
+    config::{Config, QueueType},
+    topology::{Names, Topology},
+};
+
+mod connection;
+pub mod consumer;
+mod declare;
+pub mod headers;
+mod publish;
+
+pub use connection::Broker;
+pub use declare::declare_topology;
+pub use headers::{
+    H_ATTEMPTS, H_DEAD_AT, H_LAST_ERROR, H_QUEUE, H_REASON, header_int, header_str, with_headers,
+};
+
+/// Broker settings, taken from [`Config`].
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    pub url: String,
+    pub names: Names,
+    pub prefetch: u16,
+    pub message_ttl_ms: u32,
+    pub retry_delays: Vec<Duration>,
+    pub queue_type: QueueType,
+    /// Shown in RabbitMQ's connection list.
+    pub connection_name: String,
+    /// Every program's bindings: what to declare, and which event types have consumers.
+    pub topology: Topology,
+    /// Whether to declare the topology on (re)connect. Tools that only inspect queues
+    /// (`shop dlq`, `shop audit`) do not, so their settings cannot clash with the services'.
+    pub declare_topology: bool,
+}
+
+impl BrokerConfig {
+    pub fn from_config(cfg: &Config, program: &str, topology: Topology) -> Self {
+        BrokerConfig {
+            topology,
+            url: cfg.amqp_url.clone(),
+            names: Names::new(&cfg.namespace),
+            prefetch: cfg.prefetch,
+            message_ttl_ms: cfg.message_ttl_ms,
+            retry_delays: cfg.retry_delays(),
+            queue_type: cfg.queue_type,
+            connection_name: format!("shop-{}{program}", cfg.namespace),
+            declare_topology: true,
+        }
+    }
+
+    /// For tools that inspect and re-drive messages without declaring anything.
+    pub fn for_tools(cfg: &Config, tool: &str, topology: Topology) -> Self {
+        BrokerConfig {
+            declare_topology: false,
+            ..Self::from_config(cfg, tool, topology)
+        }
+    }
+}
