@@ -1,9 +1,10 @@
 //! The `shop` binary's library: the command line ([`cli`]), the list of programs (this
-//! file: the one place that names them all), `shop audit` ([`audit`]) and `shop load`
-//! ([`load`]).
+//! file: the one place that names them all), `shop audit` ([`audit`]), `shop load`
+//! ([`load`]) and the typed client of the public API they and the tests use ([`client`]).
 
 pub mod audit;
 pub mod cli;
+pub mod client;
 pub mod load;
 
 use std::sync::Arc;

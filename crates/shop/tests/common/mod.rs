@@ -13,8 +13,12 @@ use std::{
 };
 
 use reqwest::{Client, Method, StatusCode};
-use serde_json::{Value, json};
-use shop::{PROGRAMS, Settings, port_variable};
+use serde_json::Value;
+use shop::{
+    PROGRAMS, Settings,
+    client::{ApiClient, NewProduct},
+    port_variable,
+};
 use shop_platform::{
     amqp::{Broker, BrokerConfig},
     config::Config,
@@ -248,6 +252,11 @@ impl Cluster {
 
     // ---- typed API helpers ----
 
+    /// The typed client of the public API at this shop's gateway.
+    pub fn api(&self) -> ApiClient {
+        ApiClient::new(self.http.clone(), self.base.clone())
+    }
+
     pub async fn call(
         &self,
         method: Method,
@@ -255,43 +264,28 @@ impl Cluster {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("gateway answers");
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        let a = self
+            .api()
+            .call(method, path, token, body)
+            .await
+            .expect("gateway answers");
+        (a.status, a.body)
     }
 
     pub async fn register(&self, email: &str, password: &str) -> (StatusCode, Value) {
-        self.call(
-            Method::POST,
-            "/api/auth/register",
-            None,
-            Some(json!({"email": email, "password": password, "name": "Test User"})),
-        )
-        .await
+        let a = self.api().register(email, password, "Test User").await;
+        let a = a.expect("gateway answers");
+        (a.status, a.body)
     }
 
     pub async fn login(&self, email: &str, password: &str) -> String {
-        let (s, body) = self
-            .call(
-                Method::POST,
-                "/api/auth/login",
-                None,
-                Some(json!({"email": email, "password": password})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{body}");
-        body["token"].as_str().unwrap().to_string()
+        let a = self
+            .api()
+            .login(email, password)
+            .await
+            .expect("gateway answers");
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        a.body["token"].as_str().unwrap().to_string()
     }
 
     /// A new user, logged in: (token, user id).
@@ -312,85 +306,58 @@ impl Cluster {
     /// Creates a product with stock and waits until inventory knows it.
     pub async fn product(&self, admin: &str, price_cents: i64, stock: i64) -> Uuid {
         let sku = format!("SKU-{}", &Uuid::new_v4().simple().to_string()[..12]);
-        let (s, body) = self
-            .call(
-                Method::POST,
-                "/api/products",
-                Some(admin),
-                Some(json!({"sku": sku, "name": "Thing", "description": "A thing", "price_cents": price_cents, "initial_stock": stock})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{body}");
-        let id: Uuid = body["id"].as_str().unwrap().parse().unwrap();
-        let this = self;
+        let product = NewProduct {
+            sku: &sku,
+            name: "Thing",
+            description: "A thing",
+            price_cents,
+            initial_stock: stock,
+        };
+        let api = self.api();
+        let a = api.create_product(admin, &product).await.unwrap();
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        let id = a.id().unwrap();
+        let api = &api;
         eventually(
             "inventory knows the product",
             Duration::from_secs(20),
-            || async move {
-                this.call(Method::GET, &format!("/api/inventory/{id}"), None, None)
-                    .await
-                    .0
-                    == StatusCode::OK
-            },
+            || async move { api.stock(id).await.unwrap().status == StatusCode::OK },
         )
         .await;
         id
     }
 
     pub async fn stock(&self, product: Uuid) -> (i64, i64) {
-        let (s, body) = self
-            .call(
-                Method::GET,
-                &format!("/api/inventory/{product}"),
-                None,
-                None,
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{body}");
+        let a = self.api().stock(product).await.unwrap();
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
         (
-            body["available"].as_i64().unwrap(),
-            body["reserved"].as_i64().unwrap(),
+            a.body["available"].as_i64().unwrap(),
+            a.body["reserved"].as_i64().unwrap(),
         )
     }
 
     pub async fn order(&self, token: &str, items: &[(Uuid, i32)], payment_token: &str) -> Value {
-        let items: Vec<Value> = items
-            .iter()
-            .map(|(p, q)| json!({"product_id": p, "quantity": q}))
-            .collect();
-        let (s, body) = self
-            .call(
-                Method::POST,
-                "/api/orders",
-                Some(token),
-                Some(json!({"items": items, "payment_token": payment_token})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::ACCEPTED, "{body}");
-        assert_eq!(body["status"], "PENDING");
-        body
+        let a = self.api().place_order(token, items, payment_token).await;
+        let a = a.unwrap();
+        assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
+        assert_eq!(a.body["status"], "PENDING");
+        a.body
     }
 
     /// Polls an order until it is CONFIRMED or CANCELLED.
     pub async fn settled(&self, token: &str, order_id: &str, deadline: Duration) -> Value {
         let until = tokio::time::Instant::now() + deadline;
+        let (api, id) = (self.api(), order_id.parse().expect("an order id"));
         loop {
-            let (s, body) = self
-                .call(
-                    Method::GET,
-                    &format!("/api/orders/{order_id}"),
-                    Some(token),
-                    None,
-                )
-                .await;
-            assert_eq!(s, StatusCode::OK, "{body}");
-            if body["status"] == "CONFIRMED" || body["status"] == "CANCELLED" {
-                return body;
+            let a = api.order(token, id).await.unwrap();
+            assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+            if a.body["status"] == "CONFIRMED" || a.body["status"] == "CANCELLED" {
+                return a.body;
             }
             assert!(
                 tokio::time::Instant::now() < until,
                 "order {order_id} still {} after {deadline:?}",
-                body["status"]
+                a.body["status"]
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -1,0 +1,161 @@
+//! The set-up of a load run through the typed API client: users logged in, products
+//! created by the administrator, inventory waited for.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// Why a request failed, as counted in the report.
+pub(super) fn transport_kind(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else if e.is_body() || e.is_decode() {
+        "body"
+    } else {
+        "other"
+    }
+}
+
+/// Logs in, waiting out the login rate limit a few times if it is hit.
+pub(super) async fn login(api: &ApiClient, email: &str, password: &str) -> anyhow::Result<String> {
+    for _ in 0..3 {
+        let answer = api.login(email, password).await?;
+        match answer.status {
+            StatusCode::OK => {
+                return answer.body["token"]
+                    .as_str()
+                    .map(str::to_string)
+                    .context("login answered without a token");
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                let wait = answer.retry_after.unwrap_or(5).clamp(1, 61);
+                eprintln!(
+                    "load: login rate limit hit; waiting {wait}s (raise SHOP_LOGIN_RATE_LIMIT_PER_MIN for big runs)"
+                );
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+            }
+            other => bail!("login of {email} answered {other}: {}", answer.body),
+        }
+    }
+    bail!("login of {email} kept hitting the rate limit")
+}
+
+pub(super) async fn admin_token(settings: &Settings, api: &ApiClient) -> anyhow::Result<String> {
+    let (Some(email), Some(password)) =
+        (&settings.users.admin_email, &settings.users.admin_password)
+    else {
+        bail!(
+            "creating products needs the administrator: set --admin-email and --admin-password (SHOP_ADMIN_EMAIL, SHOP_ADMIN_PASSWORD)"
+        );
+    };
+    login(api, email, password)
+        .await
+        .context("logging in as the administrator")
+}
+
+/// A logged-in user placing orders.
+pub(super) struct LoadUser {
+    pub(super) token: String,
+}
+
+pub(super) async fn create_users(
+    api: &ApiClient,
+    n: usize,
+    run_id: &str,
+) -> anyhow::Result<Vec<LoadUser>> {
+    let password = format!("load-password-{run_id}");
+    let mut users = Vec::with_capacity(n);
+    // A few at a time: each registration and login is an Argon2 hash on the server.
+    for chunk in (0..n).collect::<Vec<_>>().chunks(4) {
+        let made = futures::future::join_all(chunk.iter().map(|i| {
+            let email = format!("load-{run_id}-{i}@load.test");
+            let password = password.clone();
+            async move {
+                let answer = api
+                    .register(&email, &password, &format!("Load user {i}"))
+                    .await?;
+                if answer.status != StatusCode::CREATED {
+                    bail!(
+                        "registering {email} answered {}: {}",
+                        answer.status,
+                        answer.body
+                    );
+                }
+                let token = login(api, &email, &password).await?;
+                Ok(LoadUser { token })
+            }
+        }))
+        .await;
+        for u in made {
+            users.push(u?);
+        }
+    }
+    Ok(users)
+}
+
+/// The products orders are placed for.
+pub(super) struct Catalog {
+    pub(super) in_stock: Vec<Uuid>,
+    /// A product created without stock, for out-of-stock orders.
+    pub(super) sold_out: Option<Uuid>,
+}
+
+/// Units of stock of each product: the most a product may be created with.
+pub(super) const PLENTY: i64 = 1_000_000;
+
+pub(super) async fn create_products(
+    api: &ApiClient,
+    admin: &str,
+    args: &LoadArgs,
+    run_id: &str,
+) -> anyhow::Result<Catalog> {
+    let create = |i: usize, stock: i64| async move {
+        let (sku, name) = (format!("LOAD-{run_id}-{i}"), format!("Load product {i}"));
+        let product = NewProduct {
+            sku: &sku,
+            name: &name,
+            description: "created by shop load",
+            price_cents: 100 + (i as i64 % 50) * 10,
+            initial_stock: stock,
+        };
+        let answer = api.create_product(admin, &product).await?;
+        if answer.status != StatusCode::CREATED {
+            bail!(
+                "creating a product answered {}: {}",
+                answer.status,
+                answer.body
+            );
+        }
+        answer.id()
+    };
+    let mut in_stock = Vec::with_capacity(args.products);
+    for chunk in (0..args.products).collect::<Vec<_>>().chunks(8) {
+        for id in futures::future::join_all(chunk.iter().map(|i| create(*i, PLENTY))).await {
+            in_stock.push(id?);
+        }
+    }
+    let sold_out = if args.mode == Mode::Orders && args.out_of_stock_pct > 0.0 {
+        Some(create(args.products, 0).await?)
+    } else {
+        None
+    };
+    Ok(Catalog { in_stock, sold_out })
+}
+
+/// Waits until inventory has the stock of every product (it learns of them by event).
+pub(super) async fn wait_for_inventory(api: &ApiClient, catalog: &Catalog) -> anyhow::Result<()> {
+    let until = Instant::now() + SETUP_DEADLINE;
+    for id in catalog.in_stock.iter().chain(&catalog.sold_out) {
+        loop {
+            if api.stock(*id).await?.status == StatusCode::OK {
+                break;
+            }
+            if Instant::now() > until {
+                bail!("inventory does not know product {id} after {SETUP_DEADLINE:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
+}
