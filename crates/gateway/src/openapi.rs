@@ -4,10 +4,8 @@
 #![allow(dead_code)] // the functions below only carry their `#[utoipa::path]` descriptions
 
 use serde::Serialize;
-use utoipa::{
-    Modify, OpenApi, ToSchema,
-    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
-};
+use shop_platform::http::BearerAuth;
+use utoipa::{Modify, OpenApi, ToSchema};
 
 /// An error (RFC 9457 problem details); `field` names the invalid field of a 422.
 #[derive(Serialize, ToSchema)]
@@ -93,23 +91,6 @@ fn order_events() {}
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
     ))]
 fn notifications() {}
-
-struct BearerAuth;
-
-impl Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("The token from POST /api/auth/login"))
-                    .build(),
-            ),
-        );
-    }
-}
 
 /// The answers any operation can give because of the gateway and the shared conventions:
 /// malformed input, limits, rate limiting, a service away; and 401 where a token is required.

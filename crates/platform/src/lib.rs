@@ -30,5 +30,6 @@ pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod topology;
+pub mod validation;
 
 pub use envelope::{Envelope, Event};

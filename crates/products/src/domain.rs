@@ -5,22 +5,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use uuid::Uuid;
 
-/// A rule broken by client input, naming the field so the API can report it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct ValidationError {
-    pub field: &'static str,
-    pub message: String,
-}
-
-impl ValidationError {
-    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            field,
-            message: message.into(),
-        }
-    }
-}
+use shop_platform::validation;
+pub use shop_platform::validation::ValidationError;
 
 pub const SKU_MAX_CHARS: usize = 64;
 pub const NAME_MAX_CHARS: usize = 200;
@@ -68,24 +54,7 @@ pub struct ProductName(String);
 
 impl ProductName {
     pub fn parse(raw: &str) -> Result<ProductName, ValidationError> {
-        let name = raw.trim();
-        let n = name.chars().count();
-        if n == 0 {
-            return Err(ValidationError::new("name", "must not be empty"));
-        }
-        if n > NAME_MAX_CHARS {
-            return Err(ValidationError::new(
-                "name",
-                "must be at most 200 characters",
-            ));
-        }
-        if name.chars().any(char::is_control) {
-            return Err(ValidationError::new(
-                "name",
-                "must not contain control characters",
-            ));
-        }
-        Ok(ProductName(name.to_owned()))
+        validation::text("name", raw, NAME_MAX_CHARS).map(ProductName)
     }
 
     pub fn as_str(&self) -> &str {

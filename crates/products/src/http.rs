@@ -2,6 +2,7 @@
 //! the gateway, which sets `x-user-id`/`x-user-role` for authenticated callers) and the
 //! internal price lookup of the orders service.
 
+use shop_platform::http::BearerAuth;
 use std::sync::Arc;
 
 use axum::{
@@ -20,7 +21,7 @@ use crate::{
     catalog::Catalog,
     domain::{
         self, Cursor, Description, InitialStock, NewProduct, Price, ProductChanges, ProductName,
-        Sku, ValidationError,
+        Sku,
     },
     store::{self, CreateError},
 };
@@ -31,10 +32,6 @@ pub fn router(catalog: Arc<Catalog>) -> Router {
         .route("/api/products/{id}", get(get_one).patch(update))
         .route("/internal/products", get(prices))
         .with_state(catalog)
-}
-
-fn invalid(e: ValidationError) -> ApiError {
-    ApiError::validation(e.field, e.message)
 }
 
 fn query_error(e: QueryRejection) -> ApiError {
@@ -85,13 +82,8 @@ pub async fn list(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<ProductPage>, ApiError> {
     let Query(q) = query.map_err(query_error)?;
-    let limit = domain::page_limit(q.limit.as_deref()).map_err(invalid)?;
-    let after = q
-        .cursor
-        .as_deref()
-        .map(Cursor::decode)
-        .transpose()
-        .map_err(invalid)?;
+    let limit = domain::page_limit(q.limit.as_deref())?;
+    let after = q.cursor.as_deref().map(Cursor::decode).transpose()?;
     // One more than asked tells whether there is a next page.
     let mut items = store::page(catalog.pool(), after.map(|c| c.0), limit + 1).await?;
     let more = items.len() as i64 > limit;
@@ -146,11 +138,11 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateProduct>,
 ) -> Result<(StatusCode, Json<Product>), ApiError> {
     let new = NewProduct {
-        sku: Sku::parse(&req.sku).map_err(invalid)?,
-        name: ProductName::parse(&req.name).map_err(invalid)?,
-        description: Description::parse(&req.description).map_err(invalid)?,
-        price: Price::parse(req.price_cents).map_err(invalid)?,
-        initial_stock: InitialStock::parse(req.initial_stock).map_err(invalid)?,
+        sku: Sku::parse(&req.sku)?,
+        name: ProductName::parse(&req.name)?,
+        description: Description::parse(&req.description)?,
+        price: Price::parse(req.price_cents)?,
+        initial_stock: InitialStock::parse(req.initial_stock)?,
     };
     match store::create(catalog.pool(), &new).await {
         Ok(p) => {
@@ -190,8 +182,7 @@ pub async fn update(
         req.name.as_deref(),
         req.description.as_deref(),
         req.price_cents,
-    )
-    .map_err(invalid)?;
+    )?;
     let product = store::update(catalog.pool(), id, &changes)
         .await?
         .ok_or_else(|| ApiError::not_found("product"))?;
@@ -215,7 +206,7 @@ pub async fn prices(
     query: Result<Query<PricesQuery>, QueryRejection>,
 ) -> Result<Json<Vec<ProductPrice>>, ApiError> {
     let Query(q) = query.map_err(query_error)?;
-    let ids = domain::id_list(q.ids.as_deref()).map_err(invalid)?;
+    let ids = domain::id_list(q.ids.as_deref())?;
     let products = catalog.get_many(&ids).await?;
     Ok(Json(products.iter().map(ProductPrice::from).collect()))
 }
@@ -229,22 +220,3 @@ pub async fn prices(
     tags((name = "products", description = "The catalogue"))
 )]
 pub struct ApiDoc;
-
-/// Declares the `bearer` security scheme the admin paths refer to.
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("The token returned by POST /api/auth/login"))
-                    .build(),
-            ),
-        );
-    }
-}

@@ -10,22 +10,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore as _;
 
-/// A rule broken by client input, naming the field so the API can report it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct ValidationError {
-    pub field: &'static str,
-    pub message: String,
-}
-
-impl ValidationError {
-    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            field,
-            message: message.into(),
-        }
-    }
-}
+use shop_platform::validation;
+pub use shop_platform::validation::ValidationError;
 
 pub const EMAIL_MAX_CHARS: usize = 254;
 pub const EMAIL_LOCAL_MAX_CHARS: usize = 64;
@@ -132,24 +118,7 @@ pub struct Name(String);
 
 impl Name {
     pub fn parse(raw: &str) -> Result<Name, ValidationError> {
-        let name = raw.trim();
-        let n = name.chars().count();
-        if n == 0 {
-            return Err(ValidationError::new("name", "must not be empty"));
-        }
-        if n > NAME_MAX_CHARS {
-            return Err(ValidationError::new(
-                "name",
-                "must be at most 100 characters",
-            ));
-        }
-        if name.chars().any(char::is_control) {
-            return Err(ValidationError::new(
-                "name",
-                "must not contain control characters",
-            ));
-        }
-        Ok(Name(name.to_owned()))
+        validation::text("name", raw, NAME_MAX_CHARS).map(Name)
     }
 
     pub fn as_str(&self) -> &str {

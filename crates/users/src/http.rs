@@ -8,6 +8,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+use shop_platform::http::BearerAuth;
 use shop_platform::{
     http::{ApiError, ApiJson, Caller, problem},
     outbox::Waker,
@@ -19,7 +20,7 @@ use tracing::{info, warn};
 
 use crate::{
     api::{LoginRequest, LoginResponse, RegisterRequest, User},
-    domain::{self, Email, Name, Password, ValidationError},
+    domain::{self, Email, Name, Password},
     hasher::Hasher,
     store::{self, RegisterError},
 };
@@ -46,10 +47,6 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-fn invalid(e: ValidationError) -> ApiError {
-    ApiError::validation(e.field, e.message)
-}
-
 fn sessions_unavailable(e: redis::RedisError) -> ApiError {
     warn!(error = %e, "session store unavailable");
     ApiError::Unavailable("sessions are unavailable, try again".into())
@@ -71,9 +68,9 @@ pub async fn register(
     State(s): State<AppState>,
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> Result<(StatusCode, Json<User>), ApiError> {
-    let email = Email::parse(&req.email).map_err(invalid)?;
-    let password = Password::parse(req.password).map_err(invalid)?;
-    let name = Name::parse(&req.name).map_err(invalid)?;
+    let email = Email::parse(&req.email)?;
+    let password = Password::parse(req.password)?;
+    let name = Name::parse(&req.name)?;
     let hash = s
         .hasher
         .run(move || domain::hash_password(&password))
@@ -239,22 +236,3 @@ pub async fn me(State(s): State<AppState>, caller: Caller) -> Result<Json<User>,
     tags((name = "auth", description = "Accounts and sessions"))
 )]
 pub struct ApiDoc;
-
-/// Declares the `bearer` security scheme the protected paths refer to.
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("The token returned by POST /api/auth/login"))
-                    .build(),
-            ),
-        );
-    }
-}

@@ -1,0 +1,71 @@
+//! Validation of client input shared by the services' domain types: the error that names
+//! the broken field (answered as a 422 `urn:shop:problem:validation` naming it), and the
+//! rule every free-text field follows.
+
+use crate::http::ApiError;
+
+/// A rule broken by client input, naming the field so the API can report it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ValidationError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl ValidationError {
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> Self {
+        ApiError::validation(e.field, e.message)
+    }
+}
+
+/// A free-text field: trimmed, 1..=`max_chars` characters, no control characters.
+pub fn text(field: &'static str, raw: &str, max_chars: usize) -> Result<String, ValidationError> {
+    let value = raw.trim();
+    let n = value.chars().count();
+    if n == 0 {
+        return Err(ValidationError::new(field, "must not be empty"));
+    }
+    if n > max_chars {
+        return Err(ValidationError::new(
+            field,
+            format!("must be at most {max_chars} characters"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ValidationError::new(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_trimmed_bounded_and_printable() {
+        assert_eq!(text("name", "  Ann  ", 3).unwrap(), "Ann");
+        assert_eq!(
+            text("name", "   ", 3).unwrap_err().message,
+            "must not be empty"
+        );
+        assert_eq!(
+            text("name", "Anna", 3).unwrap_err().message,
+            "must be at most 3 characters"
+        );
+        assert_eq!(text("name", "é€😀", 3).unwrap(), "é€😀");
+        assert!(text("name", "a\u{7}b", 3).is_err());
+        assert_eq!(text("bio", "", 3).unwrap_err().field, "bio");
+    }
+}
