@@ -22,6 +22,8 @@ use crate::{openapi, proxy};
 /// Who the gateway is: no schema, no queue; it reaches the services over HTTP.
 pub static IDENTITY: Identity = Identity {
     name: "gateway",
+    default_port: 8080,
+    migrations: None,
     consumes: &[],
     publishes: &[],
     uses_database: false,
@@ -32,10 +34,6 @@ pub static IDENTITY: Identity = Identity {
 /// The gateway's own settings.
 #[derive(Args, Clone, Debug)]
 pub struct GatewaySettings {
-    /// Port of the gateway (the public API).
-    #[arg(long, env = "SHOP_GATEWAY_PORT", default_value_t = 8080, global = true)]
-    pub gateway_port: u16,
-
     /// Requests per minute allowed to one user or IP at the gateway.
     #[arg(
         long,
@@ -66,9 +64,6 @@ pub struct Gateway {
 impl Program for Gateway {
     fn identity(&self) -> &'static Identity {
         &IDENTITY
-    }
-    fn port(&self) -> u16 {
-        self.settings.gateway_port
     }
 
     async fn build(&self, ctx: &Context) -> anyhow::Result<Parts> {

@@ -30,10 +30,7 @@ impl Svc {
     }
 
     async fn start_with(tweak: impl FnOnce(&mut shop_platform::config::Config)) -> Svc {
-        let inventory = Inventory {
-            settings: shop_platform::config::defaults(),
-        };
-        Svc(TestService::start(Arc::new(inventory), tweak).await)
+        Svc(TestService::start(Arc::new(Inventory), tweak).await)
     }
 
     /// The events inventory emitted about `order_id`, oldest first: (type, payload).

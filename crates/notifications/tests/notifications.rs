@@ -48,7 +48,6 @@ impl Svc {
     async fn start() -> Svc {
         let sender = Arc::new(Outbox::default());
         let notifications = Notifications {
-            settings: shop_platform::config::defaults(),
             sender: sender.clone(),
         };
         Svc(

@@ -8,14 +8,22 @@ use shop_platform::{
     service::{Context, Parts, Program},
     topology::Identity,
 };
-use sqlx::PgPool;
+use sqlx::migrate::Migrator;
 use tokio::sync::broadcast;
 
 use crate::{handlers, http, messages};
 
+/// The schema's migrations, embedded at build time.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
 /// Who the orders service is: the saga's orchestrator, hearing from inventory and payments.
-pub static IDENTITY: Identity =
-    Identity::service("orders", messages::CONSUMES, messages::PUBLISHES);
+pub static IDENTITY: Identity = Identity::service(
+    "orders",
+    8084,
+    &MIGRATOR,
+    messages::CONSUMES,
+    messages::PUBLISHES,
+);
 
 /// The program whose internal price list orders reads when it places an order.
 const PRICES_FROM: &str = "products";
@@ -23,10 +31,6 @@ const PRICES_FROM: &str = "products";
 /// The orders service's own settings.
 #[derive(Args, Clone, Debug)]
 pub struct OrdersSettings {
-    /// Port of the orders service.
-    #[arg(long, env = "SHOP_ORDERS_PORT", default_value_t = 8084, global = true)]
-    pub orders_port: u16,
-
     /// Deadline of each waiting saga state, in milliseconds; when it passes the saga compensates.
     #[arg(
         long,
@@ -51,14 +55,6 @@ pub struct Orders {
 impl Program for Orders {
     fn identity(&self) -> &'static Identity {
         &IDENTITY
-    }
-    fn port(&self) -> u16 {
-        self.settings.orders_port
-    }
-
-    async fn migrate(&self, pool: &PgPool) -> anyhow::Result<()> {
-        sqlx::migrate!("./migrations").run(pool).await?;
-        Ok(())
     }
 
     async fn build(&self, ctx: &Context) -> anyhow::Result<Parts> {

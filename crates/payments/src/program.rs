@@ -10,7 +10,7 @@ use shop_platform::{
     service::{Context, Parts, Program},
     topology::Identity,
 };
-use sqlx::PgPool;
+use sqlx::migrate::Migrator;
 
 use crate::{
     capture,
@@ -22,9 +22,14 @@ use crate::{
 /// How much later than the saga's deadline `tok_timeout` answers.
 pub const TIMEOUT_TOKEN_MARGIN: Duration = Duration::from_secs(2);
 
+/// The schema's migrations, embedded at build time.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
 /// Who the payments service is: it charges and refunds as the saga asks.
 pub static IDENTITY: Identity = Identity::service(
     "payments",
+    8085,
+    &MIGRATOR,
     handlers::HANDLED,
     &[
         events::PaymentSucceeded::TYPE,
@@ -36,15 +41,6 @@ pub static IDENTITY: Identity = Identity::service(
 /// The payments service's own settings (the simulated provider's, for load tests).
 #[derive(Args, Clone, Debug)]
 pub struct PaymentsSettings {
-    /// Port of the payments service.
-    #[arg(
-        long,
-        env = "SHOP_PAYMENTS_PORT",
-        default_value_t = 8085,
-        global = true
-    )]
-    pub payments_port: u16,
-
     /// Share of payments the simulated provider declines at random (0.0 to 1.0), for load tests.
     #[arg(
         long,
@@ -89,14 +85,6 @@ impl Payments {
 impl Program for Payments {
     fn identity(&self) -> &'static Identity {
         &IDENTITY
-    }
-    fn port(&self) -> u16 {
-        self.settings.payments_port
-    }
-
-    async fn migrate(&self, pool: &PgPool) -> anyhow::Result<()> {
-        sqlx::migrate!("./migrations").run(pool).await?;
-        Ok(())
     }
 
     async fn build(&self, ctx: &Context) -> anyhow::Result<Parts> {

@@ -34,8 +34,9 @@ fn event() -> Envelope {
 }
 
 /// A service with an outbox and no queue: the relay publishes to nobody's queue.
+static NO_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate::Migrator::DEFAULT;
 static SERVICE: shop_platform::topology::Identity =
-    shop_platform::topology::Identity::service("payments", &[], &[]);
+    shop_platform::topology::Identity::service("payments", 0, &NO_MIGRATIONS, &[], &[]);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

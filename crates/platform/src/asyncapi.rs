@@ -103,8 +103,9 @@ mod tests {
     use super::*;
     use crate::{Event as _, events::OrderCreated};
 
-    static A: Identity = Identity::service("a", &[OrderCreated::TYPE], &[]);
-    static B: Identity = Identity::service("b", &[], &[OrderCreated::TYPE]);
+    static NONE: sqlx::migrate::Migrator = sqlx::migrate::Migrator::DEFAULT;
+    static A: Identity = Identity::service("a", 1, &NONE, &[OrderCreated::TYPE], &[]);
+    static B: Identity = Identity::service("b", 2, &NONE, &[], &[OrderCreated::TYPE]);
 
     #[test]
     fn every_catalogue_type_has_a_channel_and_message_and_operations_follow_identities() {

@@ -116,13 +116,14 @@ pub struct Parts {
 pub trait Program: Send + Sync + 'static {
     /// Who it is (declared once, in its own crate).
     fn identity(&self) -> &'static Identity;
-    /// The port it listens on, from its own settings.
-    fn port(&self) -> u16;
     fn name(&self) -> &'static str {
         self.identity().name
     }
     /// Applies its migrations (its pool's search_path is its schema).
-    async fn migrate(&self, _pool: &PgPool) -> anyhow::Result<()> {
+    async fn migrate(&self, pool: &PgPool) -> anyhow::Result<()> {
+        if let Some(m) = self.identity().migrations {
+            m.run(pool).await?;
+        }
         Ok(())
     }
     async fn build(&self, ctx: &Context) -> anyhow::Result<Parts>;

@@ -6,14 +6,20 @@
 
 use std::sync::Arc;
 
+use sqlx::migrate::Migrator;
+
 /// Who a program is, as the rest of the shop needs to know it. Each program declares its
 /// own once, next to its code (`IDENTITY` in its crate's `program.rs`), and the `shop` crate
 /// lists every program once; the bindings below, the services the gateway forwards to, the
 /// queues `shop audit` and `shop dlq` read and the tests' clusters all derive from that list.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Identity {
     /// The `shop run` argument, the program's PostgreSQL schema and its queue's name.
     pub name: &'static str,
+    /// The port it listens on unless `SHOP_<NAME>_PORT` says otherwise.
+    pub default_port: u16,
+    /// Its schema's migrations (embedded at build time), if it owns a schema.
+    pub migrations: Option<&'static Migrator>,
     /// Event types its queue is bound to, as the catalogue's constants (`OrderCreated::TYPE`);
     /// none: it has no queue.
     pub consumes: &'static [&'static str],
@@ -27,16 +33,26 @@ pub struct Identity {
     pub uses_cache: bool,
 }
 
+impl PartialEq for Identity {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
 impl Identity {
-    /// A service with its own schema and broker connection, whose queue receives `consumes`
-    /// and whose outbox publishes `publishes`.
+    /// A service on `default_port` with its own schema (`migrations`) and broker connection,
+    /// whose queue receives `consumes` and whose outbox publishes `publishes`.
     pub const fn service(
         name: &'static str,
+        default_port: u16,
+        migrations: &'static Migrator,
         consumes: &'static [&'static str],
         publishes: &'static [&'static str],
     ) -> Identity {
         Identity {
             name,
+            default_port,
+            migrations: Some(migrations),
             consumes,
             publishes,
             uses_database: true,
@@ -120,9 +136,16 @@ mod tests {
     use crate::envelope::Event as _;
     use crate::events::{OrderCreated, ProductCreated, StockReserved};
 
-    static A: Identity = Identity::service("a", &[OrderCreated::TYPE, ProductCreated::TYPE], &[]);
-    static B: Identity = Identity::service("b", &[StockReserved::TYPE], &[]);
-    static C: Identity = Identity::service("c", &[], &[]);
+    static NONE: Migrator = Migrator::DEFAULT;
+    static A: Identity = Identity::service(
+        "a",
+        1,
+        &NONE,
+        &[OrderCreated::TYPE, ProductCreated::TYPE],
+        &[],
+    );
+    static B: Identity = Identity::service("b", 2, &NONE, &[StockReserved::TYPE], &[]);
+    static C: Identity = Identity::service("c", 3, &NONE, &[], &[]);
 
     #[test]
     fn bindings_come_from_the_identities() {

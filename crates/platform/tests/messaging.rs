@@ -32,8 +32,12 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// The service whose queue (bound to payment.requested) these tests use.
+/// These tests migrate nothing: they create the tables their handler needs.
+static NO_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate::Migrator::DEFAULT;
 static SERVICE: Identity = Identity::service(
     "payments",
+    0,
+    &NO_MIGRATIONS,
     &[PaymentRequested::TYPE, PaymentRefundRequested::TYPE],
     &[],
 );

@@ -10,7 +10,7 @@ use shop_platform::{
     service::{Context, Parts, Program},
     topology::Identity,
 };
-use sqlx::{PgPool, migrate::Migrator};
+use sqlx::migrate::Migrator;
 
 use crate::{cache::ProductCache, catalog::Catalog, http};
 
@@ -22,6 +22,8 @@ pub static IDENTITY: Identity = Identity {
     uses_cache: true,
     ..Identity::service(
         "products",
+        8082,
+        &MIGRATOR,
         &[],
         &[events::ProductCreated::TYPE, events::ProductUpdated::TYPE],
     )
@@ -30,15 +32,6 @@ pub static IDENTITY: Identity = Identity {
 /// The products service's own settings.
 #[derive(Args, Clone, Debug)]
 pub struct ProductsSettings {
-    /// Port of the products service.
-    #[arg(
-        long,
-        env = "SHOP_PRODUCTS_PORT",
-        default_value_t = 8082,
-        global = true
-    )]
-    pub products_port: u16,
-
     /// Lifetime of a cached product, in seconds (a random jitter of up to 10% is added).
     #[arg(long, env = "SHOP_CACHE_TTL_SECS", default_value_t = 60, global = true)]
     pub cache_ttl_secs: u64,
@@ -52,14 +45,6 @@ pub struct Products {
 impl Program for Products {
     fn identity(&self) -> &'static Identity {
         &IDENTITY
-    }
-    fn port(&self) -> u16 {
-        self.settings.products_port
-    }
-
-    async fn migrate(&self, pool: &PgPool) -> anyhow::Result<()> {
-        MIGRATOR.run(pool).await?;
-        Ok(())
     }
 
     async fn build(&self, ctx: &Context) -> anyhow::Result<Parts> {

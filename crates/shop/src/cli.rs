@@ -199,7 +199,7 @@ async fn serve(config: &Config, settings: &Settings, names: &[&str]) -> anyhow::
     for name in names {
         let started = async {
             let program = program(name, settings).expect("a known program");
-            let listener = service::bind(&config.bind, program.port()).await?;
+            let listener = service::bind(&config.bind, settings.ports.of(name)).await?;
             service::start(
                 program,
                 config.clone(),

@@ -18,9 +18,11 @@ use shop_platform::{
 };
 
 /// Every program's own settings, flattened into the command line beside the kernel's
-/// [`Config`] (each struct lives in its program's crate).
+/// [`Config`] (each struct lives in its program's crate), and every program's port.
 #[derive(Args, Clone, Debug)]
 pub struct Settings {
+    #[command(flatten)]
+    pub ports: Ports,
     #[command(flatten)]
     pub sessions: SessionSettings,
     #[command(flatten)]
@@ -28,13 +30,9 @@ pub struct Settings {
     #[command(flatten)]
     pub products: shop_products::program::ProductsSettings,
     #[command(flatten)]
-    pub inventory: shop_inventory::program::InventorySettings,
-    #[command(flatten)]
     pub orders: shop_orders::program::OrdersSettings,
     #[command(flatten)]
     pub payments: shop_payments::program::PaymentsSettings,
-    #[command(flatten)]
-    pub notifications: shop_notifications::program::NotificationsSettings,
     #[command(flatten)]
     pub gateway: shop_gateway::program::GatewaySettings,
 }
@@ -46,17 +44,15 @@ impl Settings {
     }
 }
 
-/// One program of the shop: who it is, how it is built from the settings, and where its
-/// port setting is (so that tools and tests can place every program on a port of theirs).
+/// One program of the shop: who it is, and how it is built from the settings.
 pub struct Entry {
     pub identity: &'static Identity,
     pub build: fn(&Settings) -> Arc<dyn Program>,
-    pub port: fn(&mut Settings) -> &mut u16,
 }
 
 /// Every program, services first and the gateway last (the order `shop up` starts them in).
 /// Everything that needs all programs iterates this list: the broker topology, the
-/// gateway's services, `shop migrate`, `shop audit`, the tests' clusters.
+/// gateway's services, the ports, `shop migrate`, `shop audit`, the tests' clusters.
 pub const PROGRAMS: &[Entry] = &[
     Entry {
         identity: &shop_users::program::IDENTITY,
@@ -66,7 +62,6 @@ pub const PROGRAMS: &[Entry] = &[
                 sessions: s.sessions.clone(),
             })
         },
-        port: |s| &mut s.users.users_port,
     },
     Entry {
         identity: &shop_products::program::IDENTITY,
@@ -75,16 +70,10 @@ pub const PROGRAMS: &[Entry] = &[
                 settings: s.products.clone(),
             })
         },
-        port: |s| &mut s.products.products_port,
     },
     Entry {
         identity: &shop_inventory::program::IDENTITY,
-        build: |s| {
-            Arc::new(shop_inventory::Inventory {
-                settings: s.inventory.clone(),
-            })
-        },
-        port: |s| &mut s.inventory.inventory_port,
+        build: |_| Arc::new(shop_inventory::Inventory),
     },
     Entry {
         identity: &shop_orders::program::IDENTITY,
@@ -93,7 +82,6 @@ pub const PROGRAMS: &[Entry] = &[
                 settings: s.orders.clone(),
             })
         },
-        port: |s| &mut s.orders.orders_port,
     },
     Entry {
         identity: &shop_payments::program::IDENTITY,
@@ -103,16 +91,10 @@ pub const PROGRAMS: &[Entry] = &[
                 saga_deadline: s.orders.saga_deadline(),
             })
         },
-        port: |s| &mut s.payments.payments_port,
     },
     Entry {
         identity: &shop_notifications::program::IDENTITY,
-        build: |s| {
-            Arc::new(shop_notifications::Notifications::new(
-                s.notifications.clone(),
-            ))
-        },
-        port: |s| &mut s.notifications.notifications_port,
+        build: |_| Arc::new(shop_notifications::Notifications::default()),
     },
     Entry {
         identity: &shop_gateway::program::IDENTITY,
@@ -122,9 +104,77 @@ pub const PROGRAMS: &[Entry] = &[
                 sessions: s.sessions.clone(),
             })
         },
-        port: |s| &mut s.gateway.gateway_port,
     },
 ];
+
+/// The port of every program: `--<name>-port` and `SHOP_<NAME>_PORT`, by default its
+/// identity's. One setting per program of [`PROGRAMS`], so a new program gets its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ports(Vec<(&'static str, u16)>);
+
+impl Ports {
+    /// The port of `program` (0 for a name outside the list, which binds any free port).
+    pub fn of(&self, program: &str) -> u16 {
+        self.0
+            .iter()
+            .find(|(name, _)| *name == program)
+            .map_or(0, |(_, port)| *port)
+    }
+
+    /// Moves `program` to `port` (tests place every program on a free port).
+    pub fn set(&mut self, program: &str, port: u16) {
+        if let Some(entry) = self.0.iter_mut().find(|(name, _)| *name == program) {
+            entry.1 = port;
+        }
+    }
+}
+
+/// The argument id (and long flag) of a program's port.
+fn port_flag(program: &str) -> String {
+    format!("{program}-port")
+}
+
+impl clap::FromArgMatches for Ports {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        Ok(Ports(
+            PROGRAMS
+                .iter()
+                .map(|e| {
+                    let name = e.identity.name;
+                    let port = m.get_one::<u16>(&port_flag(name)).copied();
+                    (name, port.unwrap_or(e.identity.default_port))
+                })
+                .collect(),
+        ))
+    }
+
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl Args for Ports {
+    fn augment_args(mut cmd: clap::Command) -> clap::Command {
+        for e in PROGRAMS {
+            let name = e.identity.name;
+            cmd = cmd.arg(
+                clap::Arg::new(port_flag(name))
+                    .long(port_flag(name))
+                    .env(port_variable(name))
+                    .value_parser(clap::value_parser!(u16))
+                    .default_value(e.identity.default_port.to_string())
+                    .global(true)
+                    .help(format!("Port of the {name} program")),
+            );
+        }
+        cmd
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
 
 /// The names of every program, in [`PROGRAMS`] order.
 pub fn names() -> impl Iterator<Item = &'static str> {
@@ -152,15 +202,11 @@ pub fn asyncapi() -> serde_json::Value {
 /// The whole shop as each program sees it: the topology, and each program's URL (from
 /// SHOP_SERVICE_URLS, or SHOP_SERVICES_HOST and the program's port).
 pub fn fleet(config: &Config, settings: &Settings) -> Fleet {
-    let urls = PROGRAMS.iter().map(|e| {
-        let port = (e.build)(settings).port();
-        (e.identity.name, config.service_url(e.identity.name, port))
-    });
+    let urls = names().map(|name| (name, config.service_url(name, settings.ports.of(name))));
     Fleet::new(topology(), urls)
 }
 
-/// The environment variable of a program's port (`SHOP_<NAME>_PORT`, as each crate's
-/// settings declare it; a test below holds them to it).
+/// The environment variable of a program's port.
 pub fn port_variable(program: &str) -> String {
     format!("SHOP_{}_PORT", program.to_uppercase())
 }
@@ -177,11 +223,7 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for e in PROGRAMS {
             assert!(seen.insert(e.identity.name), "{} twice", e.identity.name);
-            let program = (e.build)(&settings);
-            assert_eq!(program.identity(), e.identity);
-            let mut moved = settings.clone();
-            *(e.port)(&mut moved) = 1;
-            assert_eq!((e.build)(&moved).port(), 1, "{}", e.identity.name);
+            assert_eq!((e.build)(&settings).identity(), e.identity);
         }
     }
 
@@ -232,17 +274,27 @@ mod tests {
     }
 
     #[test]
-    fn every_port_has_its_variable_and_a_distinct_default() {
+    fn every_program_has_a_port_setting_with_a_distinct_default() {
         let help = cli::Cli::command().render_long_help().to_string();
         let settings = Settings::defaults();
         let mut ports = std::collections::HashSet::new();
-        for e in PROGRAMS {
-            let var = port_variable(e.identity.name);
+        for name in names() {
+            let var = port_variable(name);
             assert!(help.contains(&var), "--help lacks {var}");
-            assert!(ports.insert((e.build)(&settings).port()), "{var} shared");
+            assert!(ports.insert(settings.ports.of(name)), "{var} shared");
         }
+        assert_eq!(settings.ports.of("gateway"), 8080);
         let fleet = fleet(&Config::defaults(), &settings);
         assert_eq!(fleet.url("orders").unwrap(), "http://127.0.0.1:8084");
         assert!(fleet.url("nobody").is_err());
+    }
+
+    #[test]
+    fn a_port_is_set_by_its_flag() {
+        use clap::Parser as _;
+        let cli = cli::Cli::try_parse_from(["shop", "--orders-port", "9184", "up"]).unwrap();
+        assert_eq!(cli.settings.ports.of("orders"), 9184);
+        assert_eq!(cli.settings.ports.of("users"), 8081);
+        assert!(cli::Cli::try_parse_from(["shop", "--orders-port", "nope", "up"]).is_err());
     }
 }

@@ -9,7 +9,7 @@ use shop_platform::{
     session::SessionSettings,
     topology::Identity,
 };
-use sqlx::PgPool;
+use sqlx::{PgPool, migrate::Migrator};
 use tracing::{info, warn};
 
 use crate::{
@@ -19,16 +19,21 @@ use crate::{
     store,
 };
 
+/// The schema's migrations, embedded at build time.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
 /// Who the users service is: it consumes no events.
-pub static IDENTITY: Identity = Identity::service("users", &[], &[events::UserRegistered::TYPE]);
+pub static IDENTITY: Identity = Identity::service(
+    "users",
+    8081,
+    &MIGRATOR,
+    &[],
+    &[events::UserRegistered::TYPE],
+);
 
 /// The users service's own settings.
 #[derive(Args, Clone, Debug)]
 pub struct UsersSettings {
-    /// Port of the users service.
-    #[arg(long, env = "SHOP_USERS_PORT", default_value_t = 8081, global = true)]
-    pub users_port: u16,
-
     /// E-mail of the administrator created or updated at start-up (none if unset).
     #[arg(long, env = "SHOP_ADMIN_EMAIL", global = true)]
     pub admin_email: Option<String>,
@@ -55,14 +60,6 @@ const ADMIN_NAME: &str = "Administrator";
 impl Program for Users {
     fn identity(&self) -> &'static Identity {
         &IDENTITY
-    }
-    fn port(&self) -> u16 {
-        self.settings.users_port
-    }
-
-    async fn migrate(&self, pool: &PgPool) -> anyhow::Result<()> {
-        sqlx::migrate!("./migrations").run(pool).await?;
-        Ok(())
     }
 
     async fn build(&self, ctx: &Context) -> anyhow::Result<Parts> {

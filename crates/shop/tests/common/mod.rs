@@ -15,7 +15,7 @@ use std::{
 use reqwest::{Client, Method, StatusCode};
 use serde_json::Value;
 use shop::{
-    PROGRAMS, Settings,
+    Settings,
     client::{ApiClient, NewProduct},
     port_variable,
 };
@@ -72,10 +72,10 @@ impl Cluster {
         let mut settings = Settings::defaults();
         settings.users.admin_email = Some(ADMIN_EMAIL.into());
         settings.users.admin_password = Some(ADMIN_PASSWORD.into());
-        for e in PROGRAMS {
+        for name in shop::names() {
             let port = free_port();
-            *(e.port)(&mut settings) = port;
-            env.push((port_variable(e.identity.name), port.to_string()));
+            settings.ports.set(name, port);
+            env.push((port_variable(name), port.to_string()));
         }
         for (k, v) in extra {
             env.retain(|(ek, _)| ek != k);
@@ -95,7 +95,7 @@ impl Cluster {
                 _ => {}
             }
         }
-        let gateway_port = settings.gateway.gateway_port;
+        let gateway_port = settings.ports.of(shop_gateway::program::IDENTITY.name);
         // Create the database once, before seven processes race to.
         let _ = db_url;
         db::ensure_database(&config.database_url).await.unwrap();
@@ -209,9 +209,7 @@ impl Cluster {
     }
 
     pub fn port(&self, program: &str) -> u16 {
-        shop::program(program, &self.settings)
-            .expect("a program of the shop")
-            .port()
+        self.settings.ports.of(program)
     }
 
     pub async fn wait_ready(&self, deadline: Duration) {
