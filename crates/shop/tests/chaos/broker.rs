@@ -7,7 +7,6 @@ use std::time::Duration;
 use shop_platform::testkit::eventually;
 
 use crate::{
-    Suite,
     harness::{Chaos, Expect},
     turn,
 };
@@ -28,16 +27,17 @@ async fn until_publishers_gave_up(c: &Chaos, failures_before: u64) {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn broker_stopped_gracefully_and_restarted() {
-    const NAME: &str = "broker stopped gracefully and restarted";
-    let Some(_turn) = turn(NAME, Suite::Full).await else {
-        return;
-    };
-    let mut c = Chaos::start(NAME, &[]).await;
+/// The broker goes away (`stop` or `kill -9`) while orders keep coming, then starts again.
+async fn broker_down_and_back(name: &str, fault: &str, kill: bool) {
+    let _turn = turn().await;
+    let mut c = Chaos::start(name, &[]).await;
     c.start_trickle().await;
-    c.fault("rabbitmqctl stop");
-    c.servers.rabbit.stop().await;
+    c.fault(fault);
+    if kill {
+        c.servers.rabbit.kill().await;
+    } else {
+        c.servers.rabbit.stop().await;
+    }
     c.accepted_more(
         10,
         Duration::from_secs(60),
@@ -47,35 +47,26 @@ async fn broker_stopped_gracefully_and_restarted() {
     c.servers.rabbit.start().await;
     c.healed("broker started again");
     c.finish(Expect::normal()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "full suite: scripts/chaos"]
+async fn broker_stopped_gracefully_and_restarted() {
+    let name = "broker stopped gracefully and restarted";
+    broker_down_and_back(name, "rabbitmqctl stop", false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_killed_and_restarted() {
-    const NAME: &str = "broker killed (kill -9) and restarted";
-    let Some(_turn) = turn(NAME, Suite::Ci).await else {
-        return;
-    };
-    let mut c = Chaos::start(NAME, &[]).await;
-    c.start_trickle().await;
-    c.fault("kill -9 of the broker");
-    c.servers.rabbit.kill().await;
-    c.accepted_more(
-        10,
-        Duration::from_secs(60),
-        "orders accepted while the broker is down",
-    )
-    .await;
-    c.servers.rabbit.start().await;
-    c.healed("broker started again");
-    c.finish(Expect::normal()).await;
+    let name = "broker killed (kill -9) and restarted";
+    broker_down_and_back(name, "kill -9 of the broker", true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "full suite: scripts/chaos"]
 async fn broker_paused_then_resumed() {
     const NAME: &str = "broker paused (SIGSTOP) then resumed";
-    let Some(_turn) = turn(NAME, Suite::Full).await else {
-        return;
-    };
+    let _turn = turn().await;
     let mut c = Chaos::start(NAME, &[]).await;
     c.start_trickle().await;
     let failures = c.metric_sum("shop_publish_failures_total").await;
@@ -99,11 +90,10 @@ async fn shop_connections(c: &Chaos) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "full suite: scripts/chaos"]
 async fn all_client_connections_closed() {
     const NAME: &str = "all client connections closed (3 times)";
-    let Some(_turn) = turn(NAME, Suite::Full).await else {
-        return;
-    };
+    let _turn = turn().await;
     let mut c = Chaos::start(NAME, &[]).await;
     c.start_trickle().await;
     let programs = shop_connections(&c).await;
@@ -136,11 +126,10 @@ async fn all_client_connections_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "full suite: scripts/chaos"]
 async fn broker_memory_alarm() {
     const NAME: &str = "broker memory alarm (publishers blocked)";
-    let Some(_turn) = turn(NAME, Suite::Full).await else {
-        return;
-    };
+    let _turn = turn().await;
     let mut c = Chaos::start(NAME, &[]).await;
     c.start_trickle().await;
     let failures = c.metric_sum("shop_publish_failures_total").await;
