@@ -23,7 +23,7 @@ pub struct Problem {
     params(("product_id" = uuid::Uuid, Path, description = "The product")),
     responses(
         (status = 200, description = "Stock levels", body = shop_inventory::api::StockLevel),
-        (status = 404, description = "Unknown product", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No stock known for this product yet (`urn:shop:problem:not-yet-known`, with `Retry-After`): inventory learns of a new product by event, a moment after it is created; an unknown id stays so", body = Problem, content_type = "application/problem+json"),
     ))]
 fn stock() {}
 

@@ -25,14 +25,19 @@ pub fn router(pool: PgPool) -> Router {
         .with_state(pool)
 }
 
-/// Anyone may read a product's stock.
+/// Anyone may read a product's stock. Inventory learns of a product from its
+/// `product.created` event, a moment after the product is created: until then (or for an
+/// id that is no product at all) the answer is 404 `urn:shop:problem:not-yet-known` with
+/// `Retry-After: 1`.
 async fn get_stock(
     State(pool): State<PgPool>,
     Path(product_id): Path<Uuid>,
 ) -> Result<Json<StockLevel>, ApiError> {
-    let level = store::level(&pool, product_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("stock"))?;
+    let level = store::level(&pool, product_id).await?.ok_or_else(|| {
+        ApiError::NotYetKnown(format!(
+            "inventory has no stock for product {product_id} yet: a product created a moment ago appears within seconds; an unknown id never does"
+        ))
+    })?;
     Ok(Json(StockLevel {
         product_id,
         available: level.available,

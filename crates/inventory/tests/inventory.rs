@@ -137,6 +137,7 @@ fn confirmed(order_id: Uuid) -> Envelope {
             order_id,
             user_id: Uuid::now_v7(),
             total_cents: 1,
+            currency: "EUR".into(),
         },
         order_id,
         order_id,
@@ -236,6 +237,10 @@ async fn an_order_is_reserved_when_every_line_is_in_stock() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    // A client can act on it: try again shortly, it may be a product just created.
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let problem: Value = resp.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:shop:problem:not-yet-known");
     assert_balanced(&svc.env.pool).await;
     svc.stop().await;
 }

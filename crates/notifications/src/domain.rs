@@ -49,14 +49,14 @@ pub fn welcome(user_id: Uuid, name: &str) -> Message {
     }
 }
 
-pub fn order_confirmed(user_id: Uuid, order_id: Uuid, total_cents: i64) -> Message {
+pub fn order_confirmed(user_id: Uuid, order_id: Uuid, total_cents: i64, currency: &str) -> Message {
     Message {
         kind: Kind::OrderConfirmed,
         user_id,
         order_id: Some(order_id),
         subject: "Your order is confirmed".into(),
         body: format!(
-            "Thank you! Your order {order_id} is confirmed and paid ({} charged).",
+            "Thank you! Your order {order_id} is confirmed and paid ({currency} {} charged).",
             amount(total_cents)
         ),
     }
@@ -129,7 +129,7 @@ mod tests {
     #[test]
     fn messages_carry_their_facts() {
         let (u, o) = (Uuid::now_v7(), Uuid::now_v7());
-        let m = order_confirmed(u, o, 4_250);
+        let m = order_confirmed(u, o, 4_250, "EUR");
         assert!(
             m.body.contains(&o.to_string()) && m.body.contains("42.50"),
             "{}",

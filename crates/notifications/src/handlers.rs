@@ -39,7 +39,7 @@ impl Handler for NotificationsHandler {
             }
             OrderConfirmed::TYPE => {
                 let e: OrderConfirmed = event.decode()?;
-                domain::order_confirmed(e.user_id, e.order_id, e.total_cents)
+                domain::order_confirmed(e.user_id, e.order_id, e.total_cents, &e.currency)
             }
             OrderCancelled::TYPE => {
                 let e: OrderCancelled = event.decode()?;

@@ -106,6 +106,7 @@ fn confirmed(user_id: Uuid, order_id: Uuid) -> Envelope {
             order_id,
             user_id,
             total_cents: 4_250,
+            currency: "EUR".into(),
         },
         order_id,
         Uuid::now_v7(),
@@ -163,6 +164,10 @@ async fn each_fact_is_notified_once_however_often_it_arrives() {
         .find(|(k, _, _)| k == "order_confirmed")
         .unwrap();
     assert!(body.contains("42.50"), "{body}");
+    assert!(
+        body.contains("EUR 42.50 charged"),
+        "the currency is named: {body}"
+    );
     let (_, _, body) = recorded.iter().find(|(k, _, _)| k == "welcome").unwrap();
     assert!(
         body.contains("Ada") && !body.contains("ada@example.com"),

@@ -110,7 +110,8 @@ pub(crate) fn command_event(
         Command::Confirm => emit!(OrderConfirmed {
             order_id: id,
             user_id: row.user_id,
-            total_cents: row.total_cents
+            total_cents: row.total_cents,
+            currency: row.currency.clone()
         }),
         Command::Cancel(reason) => {
             emit!(OrderCancelled {

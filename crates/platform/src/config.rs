@@ -144,7 +144,12 @@ pub struct Config {
     )]
     pub http_timeout_secs: u64,
 
-    /// Log format: `text` or `json`.
+    /// Log filter (tracing's EnvFilter syntax, e.g. `info,sqlx=warn` or `off`); RUST_LOG is
+    /// read when it is unset. Default: `info,sqlx=warn,lapin=off,tower_http=info`.
+    #[arg(long, env = "SHOP_LOG", global = true)]
+    pub log: Option<String>,
+
+    /// Log format: `text` (coloured only on a terminal, never with NO_COLOR set) or `json`.
     #[arg(long, env = "SHOP_LOG_FORMAT", default_value = "text", global = true)]
     pub log_format: String,
 }
@@ -181,9 +186,18 @@ impl Config {
             .unwrap_or_else(|| format!("http://{}:{port}", self.services_host))
     }
 
-    /// A Redis key with this shop's namespace.
+    /// A Redis key with this shop's namespace: `<namespace>:<key>`, or `key` without one.
     pub fn redis_key(&self, key: &str) -> String {
-        format!("{}{}", self.namespace, key)
+        redis_key(&self.namespace, key)
+    }
+}
+
+/// A Redis key in `namespace`: `<namespace>:<key>`, or `key` without a namespace.
+pub fn redis_key(namespace: &str, key: &str) -> String {
+    if namespace.is_empty() {
+        key.to_string()
+    } else {
+        format!("{namespace}:{key}")
     }
 }
 
@@ -230,6 +244,12 @@ mod tests {
         c.service_urls = vec!["orders=http://shop-orders:9000/".into()];
         assert_eq!(c.service_url("orders", 8084), "http://shop-orders:9000");
         assert_eq!(c.service_url("users", 8081), "http://127.0.0.1:8081");
+    }
+
+    #[test]
+    fn redis_keys_are_separated_from_their_namespace() {
+        assert_eq!(redis_key("rt", "session:ab"), "rt:session:ab");
+        assert_eq!(redis_key("", "session:ab"), "session:ab");
     }
 
     #[test]

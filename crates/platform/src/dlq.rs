@@ -98,14 +98,20 @@ pub fn services(broker: &Broker) -> Vec<&'static str> {
 
 /// Every dead letter of `service` (or of every service), left in place.
 pub async fn list(broker: &Broker, service: Option<&str>) -> anyhow::Result<Vec<DeadLetter>> {
-    let mut out = Vec::new();
-    for svc in services(broker)
-        .into_iter()
-        .filter(|s| service.is_none_or(|x| x == *s))
+    let all = services(broker);
+    if let Some(s) = service
+        && !all.contains(&s)
     {
+        anyhow::bail!(
+            "{s} has no dead-letter queue: the services that consume events are {}",
+            all.join(", ")
+        );
+    }
+    let mut out = Vec::new();
+    for svc in all.into_iter().filter(|s| service.is_none_or(|x| x == *s)) {
         let ch = broker.channel().await?;
         let dlq = broker.names().dead_letter_queue(svc);
-        let count = ch
+        let declared = ch
             .queue_declare(
                 dlq.as_str().into(),
                 QueueDeclareOptions {
@@ -114,8 +120,13 @@ pub async fn list(broker: &Broker, service: Option<&str>) -> anyhow::Result<Vec<
                 },
                 FieldTable::default(),
             )
-            .await?
-            .message_count();
+            .await;
+        let count = match declared {
+            Ok(q) => q.message_count(),
+            // Not declared yet: the service never ran in this namespace, so nothing is in it.
+            Err(e) if is_not_found(&e) => continue,
+            Err(e) => return Err(e.into()),
+        };
         for _ in 0..count {
             match ch
                 .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false })
@@ -134,6 +145,15 @@ pub async fn list(broker: &Broker, service: Option<&str>) -> anyhow::Result<Vec<
         let _ = ch.close(200, "listed".into()).await;
     }
     Ok(out)
+}
+
+/// Whether RabbitMQ answered that the queue does not exist.
+fn is_not_found(e: &lapin::Error) -> bool {
+    use lapin::{
+        ErrorKind,
+        protocol::{AMQPErrorKind, AMQPSoftError},
+    };
+    matches!(e.kind(), ErrorKind::ProtocolError(p) if matches!(p.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)))
 }
 
 /// Re-drives dead letters of `service` to their queue: the one with `message_id`, or all.

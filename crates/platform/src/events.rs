@@ -76,7 +76,7 @@ events! {
     PaymentFailed = "payment.failed" { order_id: Uuid, reason: String }
     PaymentRefundRequested = "payment.refund_requested" { order_id: Uuid, payment_id: Uuid }
     PaymentRefunded = "payment.refunded" { order_id: Uuid, payment_id: Uuid, amount_cents: i64 }
-    OrderConfirmed = "order.confirmed" { order_id: Uuid, user_id: Uuid, total_cents: i64 }
+    OrderConfirmed = "order.confirmed" { order_id: Uuid, user_id: Uuid, total_cents: i64, currency: String }
     OrderCancelled = "order.cancelled" { order_id: Uuid, user_id: Uuid, reason: String }
     NotificationSent = "notification.sent" { notification_id: Uuid, user_id: Uuid, kind: String }
 }
@@ -204,6 +204,7 @@ pub fn samples() -> Vec<Envelope> {
                 order_id: id,
                 user_id: id,
                 total_cents: 1,
+                currency: "EUR".into(),
             },
             id,
             id,

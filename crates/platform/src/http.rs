@@ -48,6 +48,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// Not known here yet, though it may exist: this service learns of it by an event that
+    /// may still be on its way. Answered 404 with `Retry-After`.
+    #[error("{0}")]
+    NotYetKnown(String),
     #[error("this method is not allowed on this route")]
     MethodNotAllowed,
     #[error("request body too large")]
@@ -83,6 +87,7 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            ApiError::NotYetKnown(_) => (StatusCode::NOT_FOUND, "not-yet-known", "Not yet known"),
             ApiError::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method-not-allowed",
@@ -171,11 +176,14 @@ impl IntoResponse for ApiError {
             )
                 .into_response();
         }
-        if let ApiError::TooManyRequests { retry_after_secs } = self {
-            resp.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(retry_after_secs.max(1)),
-            );
+        let retry_after = match self {
+            ApiError::TooManyRequests { retry_after_secs } => Some(retry_after_secs.max(1)),
+            ApiError::NotYetKnown(_) => Some(1),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }

@@ -39,7 +39,7 @@ pub struct Session {
 pub fn key(namespace: &str, token: &str) -> String {
     let digest = Sha256::digest(token.as_bytes());
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{namespace}session:{hex}")
+    crate::config::redis_key(namespace, &format!("session:{hex}"))
 }
 
 /// Stores a session for `ttl_secs`.
@@ -88,10 +88,10 @@ mod tests {
 
     #[test]
     fn keys_do_not_contain_the_token() {
-        let k = key("ns_", "secret-token");
-        assert!(k.starts_with("ns_session:"));
+        let k = key("ns", "secret-token");
+        assert!(k.starts_with("ns:session:"));
         assert!(!k.contains("secret-token"));
-        assert_eq!(k.len(), "ns_session:".len() + 64);
+        assert_eq!(k.len(), "ns:session:".len() + 64);
     }
 
     #[test]

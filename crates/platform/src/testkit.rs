@@ -55,13 +55,10 @@ impl TestEnv {
     pub async fn new(identity: &'static Identity, tweak: impl FnOnce(&mut Config)) -> TestEnv {
         let schema = identity.name;
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let ns = format!("t{}_", &id[..12]);
+        let ns = format!("t{}", &id[..12]);
         let mut config = Config::defaults();
         config.namespace = ns.clone();
-        config.database_url = format!(
-            "postgres://postgres@127.0.0.1:5432/shop_{}",
-            &ns[..ns.len() - 1]
-        );
+        config.database_url = format!("postgres://postgres@127.0.0.1:5432/shop_{ns}");
         config.retry_delays_ms = vec![100, 200];
         let admin_amqp_url = config.amqp_url.clone();
         tweak(&mut config);
@@ -147,7 +144,7 @@ pub async fn delete_redis_keys(config: &Config) {
     let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
         return;
     };
-    let pattern = format!("{}*", config.namespace);
+    let pattern = config.redis_key("*");
     let keys: Vec<String> = match redis::cmd("KEYS")
         .arg(&pattern)
         .query_async(&mut conn)

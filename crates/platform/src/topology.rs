@@ -103,30 +103,39 @@ impl Topology {
     }
 }
 
-/// Names of exchanges and queues, with the configured namespace.
+/// Names of exchanges and queues: `<namespace>.<name>`, or the bare name without one.
 #[derive(Clone, Debug)]
 pub struct Names {
-    pub namespace: String,
+    /// The namespace and its separator (empty without a namespace).
+    prefix: String,
 }
 
 impl Names {
     pub fn new(namespace: &str) -> Self {
         Names {
-            namespace: namespace.to_string(),
+            prefix: if namespace.is_empty() {
+                String::new()
+            } else {
+                format!("{namespace}.")
+            },
         }
     }
     /// The durable topic exchange every event is published to.
     pub fn exchange(&self) -> String {
-        format!("{}shop.events", self.namespace)
+        format!("{}shop.events", self.prefix)
     }
     pub fn queue(&self, service: &str) -> String {
-        format!("{}{}", self.namespace, service)
+        format!("{}{service}", self.prefix)
     }
     pub fn dead_letter_queue(&self, service: &str) -> String {
-        format!("{}{}.dlq", self.namespace, service)
+        format!("{}{service}.dlq", self.prefix)
     }
     pub fn retry_queue(&self, service: &str, attempt: usize) -> String {
-        format!("{}{}.retry.{}", self.namespace, service, attempt)
+        format!("{}{service}.retry.{attempt}", self.prefix)
+    }
+    /// The name RabbitMQ shows for a program's connection.
+    pub fn connection(&self, program: &str) -> String {
+        format!("shop-{}{program}", self.prefix)
     }
 }
 
@@ -146,6 +155,19 @@ mod tests {
     );
     static B: Identity = Identity::service("b", 2, &NONE, &[StockReserved::TYPE], &[]);
     static C: Identity = Identity::service("c", 3, &NONE, &[], &[]);
+
+    #[test]
+    fn names_are_separated_from_their_namespace() {
+        let n = Names::new("rt");
+        assert_eq!(n.exchange(), "rt.shop.events");
+        assert_eq!(n.queue("orders"), "rt.orders");
+        assert_eq!(n.dead_letter_queue("orders"), "rt.orders.dlq");
+        assert_eq!(n.retry_queue("orders", 2), "rt.orders.retry.2");
+        assert_eq!(n.connection("orders"), "shop-rt.orders");
+        let bare = Names::new("");
+        assert_eq!(bare.queue("orders"), "orders");
+        assert_eq!(bare.exchange(), "shop.events");
+    }
 
     #[test]
     fn bindings_come_from_the_identities() {

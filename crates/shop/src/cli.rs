@@ -14,7 +14,7 @@ use shop_platform::{
     telemetry,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{info, warn};
 
 use crate::{PROGRAMS, Settings, fleet, names, program, topology};
 
@@ -23,9 +23,12 @@ use crate::{PROGRAMS, Settings, fleet, names, program, topology};
 #[derive(Parser, Debug)]
 #[command(name = "shop", version, about)]
 pub struct Cli {
-    #[command(flatten)]
+    #[command(
+        flatten,
+        next_help_heading = "Servers, messaging and logs (every command)"
+    )]
     pub config: Config,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Programs (every command)")]
     pub settings: Settings,
     #[command(subcommand)]
     pub command: Command,
@@ -74,7 +77,7 @@ pub enum DlqCommand {
         /// Only this service's dead-letter queue.
         #[arg(long)]
         service: Option<String>,
-        /// Print JSON lines instead of a table.
+        /// Print a JSON array instead of a table (`[]` when there are none).
         #[arg(long)]
         json: bool,
     },
@@ -98,7 +101,7 @@ pub enum DlqCommand {
 }
 
 pub fn main(cli: Cli) -> ExitCode {
-    telemetry::init(&cli.config.log_format);
+    telemetry::init(cli.config.log.as_deref(), &cli.config.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -112,17 +115,42 @@ pub fn main(cli: Cli) -> ExitCode {
     match rt.block_on(execute(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e:#}");
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
 }
 
+/// An error as one line, said once: its causes joined by `: `, each on one line, a cause
+/// left out when the text before it already says it; and what to check when a server could
+/// not be reached.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if text.is_empty() || parts.iter().any(|p| p.contains(&text)) {
+            continue;
+        }
+        parts.push(text);
+    }
+    let mut line = parts.join(": ");
+    if line.contains("cannot connect to") {
+        line.push_str(
+            " (check that the server runs there and that the URL and credentials are right; \
+             `shop --help` lists the settings)",
+        );
+    }
+    line
+}
+
 async fn execute(cli: Cli) -> anyhow::Result<()> {
-    let (config, settings) = (cli.config, cli.settings);
+    let (config, mut settings) = (cli.config, cli.settings);
     match cli.command {
-        Command::Up => serve(&config, &settings, &names().collect::<Vec<_>>()).await,
+        Command::Up => {
+            with_development_admin(&mut settings);
+            serve(&config, &settings, &names().collect::<Vec<_>>()).await
+        }
         Command::Run { program } => serve(&config, &settings, &[program.as_str()]).await,
         Command::Migrate => {
             for e in PROGRAMS {
@@ -164,6 +192,26 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+/// The administrator of a development shop (`shop up` with no administrator configured),
+/// announced with a warning: never for production.
+pub const DEVELOPMENT_ADMIN: (&str, &str) = ("admin@example.com", "change-me-please");
+
+/// `shop up` is for a laptop: without a configured administrator it creates the development
+/// one, so that the README's walk-through works as pasted.
+fn with_development_admin(settings: &mut Settings) {
+    let users = &mut settings.users;
+    if users.admin_email.is_none() && users.admin_password.is_none() {
+        let (email, password) = DEVELOPMENT_ADMIN;
+        warn!(
+            email,
+            password,
+            "no administrator configured (SHOP_ADMIN_EMAIL, SHOP_ADMIN_PASSWORD): shop up creates this development one; never use it in production"
+        );
+        users.admin_email = Some(email.into());
+        users.admin_password = Some(password.into());
     }
 }
 
@@ -246,9 +294,7 @@ async fn dlq_command(config: &Config, command: DlqCommand) -> anyhow::Result<()>
             DlqCommand::List { service, json } => {
                 let letters = dlq::list(&broker, service.as_deref()).await?;
                 if json {
-                    for l in &letters {
-                        println!("{}", serde_json::to_string(l)?);
-                    }
+                    println!("{}", serde_json::to_string_pretty(&letters)?);
                 } else {
                     println!(
                         "{:<14} {:<38} {:<26} {:>8} {:<25} reason",
@@ -294,4 +340,47 @@ async fn dlq_command(config: &Config, command: DlqCommand) -> anyhow::Result<()>
     .await;
     broker.close().await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_is_one_line_with_each_cause_once() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        );
+        let e = anyhow::Error::new(io)
+            .context("cannot connect to RabbitMQ at amqp://guest:***@127.0.0.1:5672/%2f: Connection refused (os error 111)")
+            .context("starting orders");
+        let line = one_line(&e);
+        assert_eq!(line.matches("Connection refused").count(), 1, "{line}");
+        assert!(
+            line.starts_with("starting orders: cannot connect to RabbitMQ at amqp://guest:***@")
+        );
+        assert!(line.contains("check that the server runs there"), "{line}");
+        let multi = anyhow::anyhow!("first line\n  second line\n\tthird");
+        assert_eq!(one_line(&multi), "first line second line third");
+    }
+
+    #[test]
+    fn global_options_are_grouped_in_a_subcommand_help() {
+        use clap::CommandFactory as _;
+        let mut cmd = Cli::command();
+        cmd.build();
+        let help = cmd
+            .find_subcommand_mut("dlq")
+            .and_then(|d| d.find_subcommand_mut("list"))
+            .expect("shop dlq list")
+            .render_long_help()
+            .to_string();
+        let own = help.find("--service").expect("its own option");
+        let global = help
+            .find("Servers, messaging and logs (every command)")
+            .expect("the global options under their heading");
+        assert!(own < global, "its own options come first:\n{help}");
+        assert!(help.contains("SHOP_LOG"), "SHOP_LOG is documented");
+    }
 }

@@ -115,6 +115,13 @@ impl Broker {
                         _ = self.closed.cancelled() => return,
                         _ = self.broken.notified() => break,
                         ev = events.next() => match ev {
+                            // A channel's error (a tool's passive declare of a missing
+                            // queue, say) is reported here too: only a broken connection
+                            // or publishing channel is a reason to reconnect (the tick
+                            // below also catches one that breaks a moment later).
+                            Some(LapinEvent::Error(e)) if live.conn.status().connected() && live.publish.status().connected() => {
+                                debug!(error = %e, "a channel closed; the connection stays");
+                            }
                             Some(LapinEvent::Error(e)) => { warn!(error = %e, "RabbitMQ connection lost"); break }
                             Some(LapinEvent::ConnectionBlocked(r)) => warn!(reason = %r, "RabbitMQ blocked publishing (resource alarm)"),
                             Some(LapinEvent::ConnectionUnblocked) => info!("RabbitMQ unblocked publishing"),

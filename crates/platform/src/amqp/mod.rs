@@ -69,7 +69,7 @@ impl BrokerConfig {
             message_ttl_ms: cfg.message_ttl_ms,
             retry_delays: cfg.retry_delays(),
             queue_type: cfg.queue_type,
-            connection_name: format!("shop-{}{program}", cfg.namespace),
+            connection_name: Names::new(&cfg.namespace).connection(program),
             declare_topology: true,
         }
     }

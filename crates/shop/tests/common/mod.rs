@@ -56,11 +56,8 @@ impl Cluster {
     /// reports all of them ready.
     pub async fn start(extra: &[(&str, &str)]) -> Cluster {
         let id = Uuid::new_v4().simple().to_string();
-        let ns = format!("e{}_", &id[..12]);
-        let db_url = format!(
-            "postgres://postgres@127.0.0.1:5432/shop_{}",
-            &ns[..ns.len() - 1]
-        );
+        let ns = format!("e{}", &id[..12]);
+        let db_url = format!("postgres://postgres@127.0.0.1:5432/shop_{ns}");
         let mut env: Vec<(String, String)> = vec![
             ("SHOP_NAMESPACE".into(), ns.clone()),
             ("SHOP_DATABASE_URL".into(), db_url.clone()),

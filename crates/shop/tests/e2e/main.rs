@@ -5,4 +5,5 @@
 mod api;
 #[path = "../common/mod.rs"]
 mod cluster;
+mod readme;
 mod saga;
