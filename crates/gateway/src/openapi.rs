@@ -54,7 +54,7 @@ fn place_order() {}
 
 #[utoipa::path(get, path = "/api/orders", tag = "orders",
     security(("bearer" = [])),
-    params(("limit" = Option<i64>, Query, description = "1 to 100, default 20"),
+    params(("limit" = Option<i64>, Query, description = "1 to 100, default 20", minimum = 1, maximum = 100),
            ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
     responses(
         (status = 200, description = "The caller's orders, newest first", body = shop_orders::api::OrderPage),
@@ -158,12 +158,146 @@ impl Modify for CommonResponses {
 )]
 struct ApiDoc;
 
+/// The links between operations: which answer supplies the id another operation takes
+/// (OpenAPI `links`), so that a client, and schemathesis's stateful phase, can chain them:
+/// (operation, status, link name, target operation, target parameter, runtime expression).
+const LINKS: &[(&str, &str, &str, &str, &str, &str)] = &[
+    (
+        "create",
+        "201",
+        "GetProduct",
+        "get_one",
+        "id",
+        "$response.body#/id",
+    ),
+    (
+        "create",
+        "201",
+        "UpdateProduct",
+        "update",
+        "id",
+        "$response.body#/id",
+    ),
+    (
+        "create",
+        "201",
+        "GetStock",
+        "stock",
+        "product_id",
+        "$response.body#/id",
+    ),
+    (
+        "create",
+        "201",
+        "AdjustStock",
+        "adjust",
+        "product_id",
+        "$response.body#/id",
+    ),
+    (
+        "list",
+        "200",
+        "GetFirstProduct",
+        "get_one",
+        "id",
+        "$response.body#/items/0/id",
+    ),
+    (
+        "update",
+        "200",
+        "GetUpdatedProduct",
+        "get_one",
+        "id",
+        "$response.body#/id",
+    ),
+    (
+        "stock",
+        "200",
+        "AdjustThisStock",
+        "adjust",
+        "product_id",
+        "$response.body#/product_id",
+    ),
+    (
+        "place_order",
+        "202",
+        "GetOrder",
+        "get_order",
+        "id",
+        "$response.body#/id",
+    ),
+    (
+        "list_orders",
+        "200",
+        "GetFirstOrder",
+        "get_order",
+        "id",
+        "$response.body#/items/0/id",
+    ),
+];
+
+/// Adds [`LINKS`] to the responses they start from.
+struct Links;
+
+impl Modify for Links {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{RefOr, extensions::Extensions, link::LinkBuilder};
+        for item in openapi.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.patch,
+                &mut item.put,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let Some(id) = op.operation_id.clone() else {
+                    continue;
+                };
+                for (from, status, name, target, parameter, expression) in LINKS {
+                    if *from != id {
+                        continue;
+                    }
+                    if let Some(RefOr::T(response)) = op.responses.responses.get_mut(*status) {
+                        // utoipa 5.5 writes `operation_id` as is, not as OpenAPI's
+                        // `operationId`: set the field by its OpenAPI name.
+                        let link = LinkBuilder::new()
+                            .parameter(*parameter, *expression)
+                            .extensions(Some(Extensions::from_iter([("operationId", *target)])))
+                            .build();
+                        response.links.insert((*name).to_string(), RefOr::T(link));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Constraints the derive cannot state: a product update names at least one field
+/// (utoipa 5.5 writes a struct's `min_properties` as `maxProperties`).
+struct AtLeastOneField;
+
+impl Modify for AtLeastOneField {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{RefOr, schema::Schema};
+        let schemas = openapi.components.as_mut().map(|c| &mut c.schemas);
+        if let Some(RefOr::T(Schema::Object(o))) = schemas.and_then(|s| s.get_mut("UpdateProduct"))
+        {
+            o.min_properties = Some(1);
+        }
+    }
+}
+
 /// The whole public API.
 pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.merge(shop_users::openapi());
     doc.merge(shop_products::openapi());
     CommonResponses.modify(&mut doc);
+    Links.modify(&mut doc);
+    AtLeastOneField.modify(&mut doc);
     doc
 }
 
@@ -199,5 +333,35 @@ mod tests {
             }
         }
         assert_eq!(operations, 15, "every public operation is documented");
+    }
+
+    /// Every link starts from a documented answer and names an operation and a parameter of
+    /// it that exist.
+    #[test]
+    fn every_link_joins_existing_operations() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let ops: Vec<&serde_json::Value> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|item| item.as_object().unwrap().values())
+            .collect();
+        let by_id = |id: &str| {
+            ops.iter()
+                .find(|o| o["operationId"] == id)
+                .unwrap_or_else(|| panic!("no operation {id}"))
+        };
+        for (from, status, name, target, parameter, _) in LINKS {
+            let link = &by_id(from)["responses"][status]["links"][name];
+            assert_eq!(link["operationId"], *target, "{from} {status} {name}");
+            let params = by_id(target)["parameters"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            assert!(
+                params.iter().any(|p| p["name"] == *parameter),
+                "{target} has no parameter {parameter}"
+            );
+        }
     }
 }

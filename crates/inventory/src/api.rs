@@ -20,7 +20,9 @@ pub struct StockLevel {
 pub struct StockAdjustment {
     /// Units added (positive) or removed (negative); not zero, at most 1 000 000 either way.
     /// Stock never goes below zero, and reserved units cannot be removed.
+    #[schema(minimum = -1_000_000, maximum = 1_000_000, example = 10)]
     pub delta: i64,
-    /// Why (1 to 200 characters), kept with the adjustment.
+    /// Why (1 to 200 characters, trimmed), kept with the adjustment.
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S", example = "restock")]
     pub reason: String,
 }

@@ -11,6 +11,7 @@ use uuid::Uuid;
 pub struct PlaceOrderLine {
     pub product_id: Uuid,
     /// 1 to 1000.
+    #[schema(minimum = 1, maximum = 1000, example = 1)]
     pub quantity: i32,
 }
 
@@ -19,8 +20,16 @@ pub struct PlaceOrderLine {
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrder {
     /// 1 to 50 lines.
+    #[schema(min_items = 1, max_items = 50)]
     pub items: Vec<PlaceOrderLine>,
-    /// The payment method's token (`tok_decline` is declined, `tok_timeout` answers late).
+    /// The payment method's token, 1 to 100 characters (trimmed) (`tok_decline` is
+    /// declined, `tok_timeout` answers late).
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"\S",
+        example = "tok_visa"
+    )]
     pub payment_token: String,
 }
 

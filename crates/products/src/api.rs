@@ -39,20 +39,34 @@ pub struct ProductPage {
 #[serde(deny_unknown_fields)]
 pub struct CreateProduct {
     /// 1 to 64 characters of letters, digits, `-` and `_`; unique.
-    #[schema(example = "MUG-001")]
+    #[schema(
+        example = "MUG-001",
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[A-Za-z0-9_-]{1,64}$"
+    )]
     pub sku: String,
-    /// 1 to 200 characters.
-    #[schema(example = "Coffee mug")]
+    /// 1 to 200 characters (trimmed), no control characters.
+    #[schema(
+        example = "Coffee mug",
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*\S[^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: String,
-    /// At most 2000 characters.
+    /// At most 2000 characters; no control characters but line breaks and tabs.
     #[serde(default)]
+    #[schema(
+        max_length = 2000,
+        pattern = r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]*$"
+    )]
     pub description: String,
     /// 0 to 100000000.
-    #[schema(example = 1299)]
+    #[schema(example = 1299, minimum = 0, maximum = 100_000_000)]
     pub price_cents: i64,
     /// Units in stock at creation (0 to 1000000), passed on to the inventory service.
     #[serde(default)]
-    #[schema(example = 100)]
+    #[schema(example = 100, minimum = 0, maximum = 1_000_000)]
     pub initial_stock: i64,
 }
 
@@ -60,8 +74,21 @@ pub struct CreateProduct {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateProduct {
+    /// 1 to 200 characters (trimmed), no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*\S[^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: Option<String>,
+    /// At most 2000 characters; no control characters but line breaks and tabs.
+    #[schema(
+        max_length = 2000,
+        pattern = r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]*$"
+    )]
     pub description: Option<String>,
+    /// 0 to 100000000.
+    #[schema(minimum = 0, maximum = 100_000_000)]
     pub price_cents: Option<i64>,
 }
 

@@ -69,7 +69,7 @@ pub struct ListQuery {
     path = "/api/products",
     tag = "products",
     params(
-        ("limit" = Option<u32>, Query, description = "Page size, 1 to 100 (default 20)"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1 to 100 (default 20)", minimum = 1, maximum = 100),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
     ),
     responses(

@@ -12,8 +12,13 @@ pub use crate::domain::Role;
 #[derive(Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
-    /// Trimmed and lower-cased before it is stored.
-    #[schema(example = "alice@example.com")]
+    /// Trimmed and lower-cased before it is stored: one `@`, a local part of 1 to 64
+    /// characters, a domain with a dot and no empty label, no spaces or control characters.
+    #[schema(
+        example = "alice@example.com",
+        max_length = 254,
+        pattern = r"^[^@\s\u0000-\u001f\u007f-\u009f]{1,64}@[^@\s.\u0000-\u001f\u007f-\u009f]+(\.[^@\s.\u0000-\u001f\u007f-\u009f]+)+$"
+    )]
     pub email: String,
     /// 8 to 128 characters.
     #[schema(
@@ -22,8 +27,13 @@ pub struct RegisterRequest {
         max_length = 128
     )]
     pub password: String,
-    /// Display name, 1 to 100 characters.
-    #[schema(example = "Alice")]
+    /// Display name, 1 to 100 characters (trimmed), no control characters.
+    #[schema(
+        example = "Alice",
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*\S[^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: String,
 }
 

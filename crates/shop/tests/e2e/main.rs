@@ -5,5 +5,6 @@
 mod api;
 #[path = "../common/mod.rs"]
 mod cluster;
+mod limits;
 mod readme;
 mod saga;
