@@ -83,6 +83,7 @@ impl Program for Gateway {
             settings: self.settings.clone(),
             sessions: self.sessions.clone(),
             fleet: ctx.fleet.clone(),
+            keys: ctx.config.assertion_keys()?,
             redis: ctx.redis.clone().expect("the gateway uses Redis"),
             http: http.clone(),
             streams,

@@ -11,8 +11,9 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use shop_platform::{
+    assertion::{self, Keys, Subject},
     config::Config,
-    http::{ApiError, BODY_LIMIT, X_REQUEST_ID, X_USER_ID, X_USER_ROLE},
+    http::{ApiError, BODY_LIMIT, X_REQUEST_ID},
     redis_util::RedisConn,
     service::Fleet,
     session::{self, Session, SessionSettings},
@@ -111,6 +112,8 @@ pub struct Gateway {
     pub sessions: SessionSettings,
     /// Where each service is reached.
     pub fleet: Fleet,
+    /// Signs the caller assertion each forwarded request carries.
+    pub keys: Keys,
     pub redis: RedisConn,
     /// For ordinary requests: pooled connections, connect and total timeouts.
     pub http: reqwest::Client,
@@ -156,13 +159,13 @@ async fn forward(gw: &Gateway, peer: SocketAddr, req: Request) -> Result<Respons
     let caller = match (route.access, token) {
         (Access::Public, _) => None,
         (_, None) => return Err(ApiError::Unauthorized),
-        (_, Some(token)) => Some(authenticate(gw, token).await?),
+        (_, Some(token)) => Some((authenticate(gw, token).await?, session::id(token))),
     };
-    if route.access == Access::Admin && caller.as_ref().is_none_or(|s| s.role != "admin") {
+    if route.access == Access::Admin && caller.as_ref().is_none_or(|(s, _)| s.role != "admin") {
         return Err(ApiError::Forbidden("administrators only".into()));
     }
     match &caller {
-        Some(s) => {
+        Some((s, _)) => {
             rate_limit(
                 gw,
                 "user",
@@ -216,10 +219,20 @@ async fn forward(gw: &Gateway, peer: SocketAddr, req: Request) -> Result<Respons
     {
         out = out.header(header::AUTHORIZATION.as_str(), v.as_bytes());
     }
-    if let Some(s) = &caller {
-        out = out
-            .header(X_USER_ID, s.user_id.to_string())
-            .header(X_USER_ROLE, s.role.as_str());
+    if let Some((s, session_id)) = &caller {
+        let request_id = parts
+            .headers
+            .get(X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let subject = Subject::User {
+            id: s.user_id,
+            role: s.role.clone(),
+        };
+        let token = gw
+            .keys
+            .sign(subject, route.service, request_id, Some(session_id.clone()));
+        out = out.header(assertion::HEADER, token);
     }
     if !bytes.is_empty() {
         out = out.body(bytes);

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use shop_inventory::{Inventory, stock_report};
 use shop_platform::{
     Envelope, Event,
+    assertion::HEADER as ASSERTION,
     bus::Publisher,
     events::{OrderConfirmed, OrderCreated, OrderLine, ProductCreated, StockReleaseRequested},
     testkit::{TestService, WAIT, eventually},
@@ -76,9 +77,7 @@ impl Svc {
             .post(self.url(&format!("/api/inventory/{product_id}/adjustments")))
             .json(&body);
         if let Some(role) = role {
-            req = req
-                .header("x-user-id", Uuid::now_v7().to_string())
-                .header("x-user-role", role);
+            req = req.header(ASSERTION, self.user_assertion(Uuid::now_v7(), role));
         }
         let resp = req.send().await.unwrap();
         let status = resp.status();
@@ -609,5 +608,84 @@ async fn orders_racing_their_own_releases_always_give_the_stock_back() {
     }
     assert_eq!(svc.level(product).await, (100, 0, 0), "every unit is back");
     assert_balanced(&svc.env.pool).await;
+    svc.stop().await;
+}
+
+/// Nothing behind the gateway trusts a caller it has not verified: an administrator's
+/// request without an assertion, with the old headers, forged, expired, for another
+/// service, from a service, or replayed, is refused with 401 and changes nothing.
+#[tokio::test]
+async fn unverified_callers_are_refused() {
+    use shop_platform::assertion::{Claims, Keys, Subject};
+    let svc = Svc::start().await;
+    let product = svc.product(5).await;
+    let url = svc.url(&format!("/api/inventory/{product}/adjustments"));
+    let body = json!({"delta": 10, "reason": "restock"});
+    let admin = Subject::User {
+        id: Uuid::now_v7(),
+        role: "admin".into(),
+    };
+    let claims = |aud: &str, exp: u64| Claims {
+        sub: admin.clone(),
+        aud: aud.into(),
+        exp,
+        jti: Uuid::new_v4(),
+        rid: None,
+        sid: None,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let keys = svc.keys();
+    let other = Keys::parse(&Keys::generate()).unwrap();
+    let send = |assertion: Option<String>| {
+        let mut req = svc.http.post(&url).json(&body);
+        if let Some(a) = assertion {
+            req = req.header(ASSERTION, a);
+        }
+        async move { req.send().await.unwrap().status() }
+    };
+    // What an attacker on the network could send.
+    let old_headers = svc
+        .http
+        .post(&url)
+        .header("x-user-id", Uuid::now_v7().to_string())
+        .header("x-user-role", "admin")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(
+        old_headers,
+        StatusCode::UNAUTHORIZED,
+        "x-user-* headers mean nothing"
+    );
+    for (what, assertion) in [
+        ("none", None),
+        ("garbage", Some("not.an-assertion".to_string())),
+        (
+            "forged",
+            Some(other.sign_claims(&claims("inventory", now + 30))),
+        ),
+        (
+            "expired",
+            Some(keys.sign_claims(&claims("inventory", now - 1))),
+        ),
+        (
+            "for another service",
+            Some(keys.sign_claims(&claims("orders", now + 30))),
+        ),
+        ("from a service", Some(svc.service_assertion("orders"))),
+    ] {
+        assert_eq!(send(assertion).await, StatusCode::UNAUTHORIZED, "{what}");
+    }
+    assert_eq!(svc.level(product).await.0, 5, "nothing changed");
+    // A valid one works once; the same one again is a replay.
+    let once = keys.sign_claims(&claims("inventory", now + 30));
+    assert_eq!(send(Some(once.clone())).await, StatusCode::OK);
+    assert_eq!(send(Some(once)).await, StatusCode::UNAUTHORIZED, "replayed");
+    assert_eq!(svc.level(product).await.0, 15);
     svc.stop().await;
 }

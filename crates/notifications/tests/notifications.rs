@@ -9,6 +9,7 @@ use serde_json::Value;
 use shop_notifications::{Notifications, Sender, store::Notification};
 use shop_platform::{
     Envelope, Event,
+    assertion::HEADER as ASSERTION,
     events::{OrderCancelled, OrderConfirmed, UserRegistered},
     testkit::{TestService, WAIT, eventually},
 };
@@ -81,9 +82,7 @@ impl Svc {
             .http
             .get(format!("http://{}/api/notifications", self.running.addr));
         if let Some(id) = user_id {
-            req = req
-                .header("x-user-id", id.to_string())
-                .header("x-user-role", "customer");
+            req = req.header(ASSERTION, self.user_assertion(id, "user"));
         }
         let resp = req.send().await.unwrap();
         (resp.status(), resp.json().await.unwrap_or(Value::Null))

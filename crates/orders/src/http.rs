@@ -16,6 +16,7 @@ use axum::{
 use futures::{Stream, StreamExt as _};
 use serde::Deserialize;
 use shop_platform::{
+    assertion::{self, Keys, Subject},
     events::OrderLine,
     http::{ApiError, ApiJson, Caller},
     outbox::Waker,
@@ -38,6 +39,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub http: reqwest::Client,
     pub products_url: String,
+    /// Signs the service assertion of orders' calls to products.
+    pub keys: Keys,
     pub deadline: Duration,
     /// Order ids whose status changed (told after each commit of this instance).
     pub changes: broadcast::Sender<Uuid>,
@@ -115,6 +118,17 @@ async fn price(
     let resp = state
         .http
         .get(format!("{}/internal/products", state.products_url))
+        .header(
+            assertion::HEADER,
+            state.keys.sign(
+                Subject::Service {
+                    name: crate::program::IDENTITY.name.into(),
+                },
+                crate::program::PRICES_FROM,
+                None,
+                None,
+            ),
+        )
         .query(&[("ids", list)])
         .send()
         .await

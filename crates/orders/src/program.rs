@@ -26,7 +26,7 @@ pub static IDENTITY: Identity = Identity::service(
 );
 
 /// The program whose internal price list orders reads when it places an order.
-const PRICES_FROM: &str = "products";
+pub const PRICES_FROM: &str = "products";
 
 /// The orders service's own settings.
 #[derive(Args, Clone, Debug)]
@@ -70,6 +70,7 @@ impl Program for Orders {
             pool: pool.clone(),
             http: client,
             products_url: ctx.fleet.url(PRICES_FROM)?.to_string(),
+            keys: ctx.config.assertion_keys()?,
             deadline,
             changes: changes.clone(),
             outbox: ctx.outbox.clone(),

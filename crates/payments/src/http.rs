@@ -5,7 +5,7 @@ use axum::{
     extract::{Path, State},
     routing::get,
 };
-use shop_platform::http::ApiError;
+use shop_platform::http::{ApiError, ServiceCaller};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -17,8 +17,11 @@ pub fn router(pool: PgPool) -> Router {
         .with_state(pool)
 }
 
+/// Another program's (an operator tool's, a test's) look at an order's payment: a service
+/// assertion is required.
 async fn get_payment(
     State(pool): State<PgPool>,
+    _caller: ServiceCaller,
     Path(order_id): Path<Uuid>,
 ) -> Result<Json<PaymentView>, ApiError> {
     let payment = store::by_order(&pool, order_id)

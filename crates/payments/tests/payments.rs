@@ -113,12 +113,20 @@ async fn an_ordinary_token_is_captured() {
         (request.correlation_id, request.id)
     );
 
+    let path = format!("/internal/payments/{order}");
+    let resp = svc.http.get(svc.url(&path)).send().await.unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::UNAUTHORIZED,
+        "an internal route needs a service assertion"
+    );
     let resp = svc
         .http
-        .get(format!(
-            "http://{}/internal/payments/{order}",
-            svc.running.addr
-        ))
+        .get(svc.url(&path))
+        .header(
+            shop_platform::assertion::HEADER,
+            svc.service_assertion("orders"),
+        )
         .send()
         .await
         .unwrap();
@@ -130,11 +138,11 @@ async fn an_ordinary_token_is_captured() {
     assert!(body["captured_at"].is_string());
     let resp = svc
         .http
-        .get(format!(
-            "http://{}/internal/payments/{}",
-            svc.running.addr,
-            Uuid::now_v7()
-        ))
+        .get(svc.url(&format!("/internal/payments/{}", Uuid::now_v7())))
+        .header(
+            shop_platform::assertion::HEADER,
+            svc.service_assertion("orders"),
+        )
         .send()
         .await
         .unwrap();

@@ -144,6 +144,23 @@ pub struct Config {
     )]
     pub http_timeout_secs: u64,
 
+    /// Keys that sign and verify caller assertions between the programs, comma-separated,
+    /// each at least 32 bytes: the first signs, every one verifies (list the new key first,
+    /// keep the old one until every program runs with the new). Never logged. Without one,
+    /// `shop up` makes one per run and `shop run` on a loopback address uses a development
+    /// key (with a warning); bound elsewhere, `shop run` refuses to start.
+    #[arg(
+        long,
+        env = "SHOP_ASSERTION_KEYS",
+        global = true,
+        hide_env_values = true
+    )]
+    pub assertion_keys: Option<String>,
+
+    /// A file holding the assertion keys instead (same format), e.g. a mounted secret.
+    #[arg(long, env = "SHOP_ASSERTION_KEY_FILE", global = true)]
+    pub assertion_key_file: Option<std::path::PathBuf>,
+
     /// Log filter (tracing's EnvFilter syntax, e.g. `info,sqlx=warn` or `off`); RUST_LOG is
     /// read when it is unset. Default: `info,sqlx=warn,lapin=off,tower_http=info`.
     #[arg(long, env = "SHOP_LOG", global = true)]
@@ -169,6 +186,20 @@ impl Config {
             .iter()
             .map(|ms| Duration::from_millis(u64::from(*ms)))
             .collect()
+    }
+
+    /// The assertion keys, from SHOP_ASSERTION_KEYS or SHOP_ASSERTION_KEY_FILE.
+    pub fn assertion_keys(&self) -> anyhow::Result<crate::assertion::Keys> {
+        use anyhow::Context as _;
+        let list = match (&self.assertion_keys, &self.assertion_key_file) {
+            (Some(list), _) => list.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading SHOP_ASSERTION_KEY_FILE {}", path.display()))?,
+            (None, None) => anyhow::bail!(
+                "no assertion key: set SHOP_ASSERTION_KEYS or SHOP_ASSERTION_KEY_FILE (the same for every program)"
+            ),
+        };
+        crate::assertion::Keys::parse(&list).map_err(anyhow::Error::msg)
     }
 
     pub fn shutdown_timeout(&self) -> Duration {

@@ -19,9 +19,10 @@ use tower_http::{
     timeout::TimeoutLayer,
     trace::TraceLayer,
 };
-use tracing::error;
+use tracing::{error, warn};
 
 use crate::{
+    assertion,
     health::{Check, readiness},
     metrics::{HttpLabel, Metrics},
 };
@@ -30,10 +31,6 @@ use crate::{
 pub const BODY_LIMIT: usize = 64 * 1024;
 pub const PROBLEM_JSON: &str = "application/problem+json";
 pub const X_REQUEST_ID: &str = "x-request-id";
-/// Set by the gateway after authentication: the caller's user id and role. Services trust
-/// them because only the gateway is exposed.
-pub const X_USER_ID: &str = "x-user-id";
-pub const X_USER_ROLE: &str = "x-user-role";
 
 /// Every error a program answers with.
 #[derive(Debug, thiserror::Error)]
@@ -358,7 +355,24 @@ pub fn json_with<T: Serialize>(status: StatusCode, body: &T) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// The caller, as authenticated by the gateway.
+/// The verified assertion of a request's caller (see [`crate::assertion`]): 401 when it is
+/// missing, forged, expired, for another program or replayed (why is logged, not told).
+async fn verified(parts: &axum::http::request::Parts) -> Result<assertion::Claims, ApiError> {
+    let Some(verifier) = parts.extensions.get::<Arc<assertion::Verifier>>() else {
+        error!("no assertion verifier installed: refusing the request");
+        return Err(ApiError::Unauthorized);
+    };
+    let header = parts
+        .headers
+        .get(assertion::HEADER)
+        .and_then(|v| v.to_str().ok());
+    verifier.verify(header).await.map_err(|refused| {
+        warn!(reason = %refused, path = %parts.uri.path(), "caller refused");
+        ApiError::Unauthorized
+    })
+}
+
+/// The user calling, as the gateway asserted after checking their session.
 #[derive(Clone, Debug)]
 pub struct Caller {
     pub user_id: uuid::Uuid,
@@ -372,14 +386,39 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
         parts: &mut axum::http::request::Parts,
         _: &S,
     ) -> Result<Self, Self::Rejection> {
-        let user_id = parts
-            .headers
-            .get(X_USER_ID)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .ok_or(ApiError::Unauthorized)?;
-        let is_admin = parts.headers.get(X_USER_ROLE).is_some_and(|v| v == "admin");
-        Ok(Caller { user_id, is_admin })
+        match verified(parts).await?.sub {
+            assertion::Subject::User { id, role } => Ok(Caller {
+                user_id: id,
+                is_admin: role == "admin",
+            }),
+            assertion::Subject::Service { name } => {
+                warn!(service = %name, "a service assertion on a user route");
+                Err(ApiError::Unauthorized)
+            }
+        }
+    }
+}
+
+/// Another program calling (internal routes accept only these).
+#[derive(Clone, Debug)]
+pub struct ServiceCaller {
+    pub name: String,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ServiceCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match verified(parts).await?.sub {
+            assertion::Subject::Service { name } => Ok(ServiceCaller { name }),
+            assertion::Subject::User { .. } => {
+                warn!("a user assertion on an internal route");
+                Err(ApiError::Unauthorized)
+            }
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod amqp;
 pub mod api;
+pub mod assertion;
 pub mod asyncapi;
 pub mod bus;
 pub mod config;

@@ -23,6 +23,7 @@ use tracing::{Instrument as _, info, info_span, warn};
 
 use crate::{
     amqp::{Broker, BrokerConfig},
+    assertion::Verifier,
     bus::Handler,
     config::Config,
     db,
@@ -210,8 +211,17 @@ pub async fn start(
             .clone()
             .map(|pool| outbox_gauges(pool, metrics.clone())),
     };
+    let verifier = Arc::new(Verifier::new(
+        config.assertion_keys()?,
+        name,
+        conns.redis.clone(),
+        &config.namespace,
+    ));
     let app = with_common_layers(
-        parts.router.merge(ops_router(ops)),
+        parts
+            .router
+            .merge(ops_router(ops))
+            .layer(axum::Extension(verifier)),
         metrics.clone(),
         Duration::from_secs(config.http_timeout_secs),
     );

@@ -37,9 +37,14 @@ pub struct Session {
 
 /// The Redis key of a token's session.
 pub fn key(namespace: &str, token: &str) -> String {
+    crate::config::redis_key(namespace, &format!("session:{}", id(token)))
+}
+
+/// A session's id: the SHA-256 of its token, in hex (what Redis and assertions name it by;
+/// the token itself is never stored).
+pub fn id(token: &str) -> String {
     let digest = Sha256::digest(token.as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    crate::config::redis_key(namespace, &format!("session:{hex}"))
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Stores a session for `ttl_secs`.

@@ -60,6 +60,7 @@ impl TestEnv {
         config.namespace = ns.clone();
         config.database_url = format!("postgres://postgres@127.0.0.1:5432/shop_{ns}");
         config.retry_delays_ms = vec![100, 200];
+        config.assertion_keys = Some(crate::assertion::Keys::generate());
         let admin_amqp_url = config.amqp_url.clone();
         tweak(&mut config);
         let pool = db::connect(&config.database_url, schema, 5)
@@ -225,6 +226,34 @@ impl TestService {
             .await
             .expect("the service stops cleanly");
         self.broker.close().await;
+    }
+
+    /// An assertion for this service that a user calls it (as the gateway signs it).
+    pub fn user_assertion(&self, user_id: uuid::Uuid, role: &str) -> String {
+        self.keys().sign(
+            crate::assertion::Subject::User {
+                id: user_id,
+                role: role.into(),
+            },
+            self.running.name,
+            None,
+            None,
+        )
+    }
+
+    /// An assertion for this service that another program (`name`) calls it.
+    pub fn service_assertion(&self, name: &str) -> String {
+        self.keys().sign(
+            crate::assertion::Subject::Service { name: name.into() },
+            self.running.name,
+            None,
+            None,
+        )
+    }
+
+    /// The keys of this environment.
+    pub fn keys(&self) -> crate::assertion::Keys {
+        self.env.config.assertion_keys().expect("the test keys")
     }
 
     /// The service's URL for `path` (which starts with `/`).

@@ -1,5 +1,5 @@
 //! HTTP routes of the products service: the public catalogue paths (forwarded unchanged by
-//! the gateway, which sets `x-user-id`/`x-user-role` for authenticated callers) and the
+//! the gateway, which signs a caller assertion for authenticated callers) and the
 //! internal price lookup of the orders service.
 
 use shop_platform::http::BearerAuth;
@@ -12,7 +12,7 @@ use axum::{
     routing::get,
 };
 use serde::Deserialize;
-use shop_platform::http::{ApiError, ApiJson, Caller};
+use shop_platform::http::{ApiError, ApiJson, Caller, ServiceCaller};
 use tracing::info;
 use uuid::Uuid;
 
@@ -203,6 +203,7 @@ pub struct PricesQuery {
 /// orders service; not public).
 pub async fn prices(
     State(catalog): State<Arc<Catalog>>,
+    _caller: ServiceCaller,
     query: Result<Query<PricesQuery>, QueryRejection>,
 ) -> Result<Json<Vec<ProductPrice>>, ApiError> {
     let Query(q) = query.map_err(query_error)?;

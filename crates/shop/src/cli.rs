@@ -145,13 +145,17 @@ pub fn one_line(e: &anyhow::Error) -> String {
 }
 
 async fn execute(cli: Cli) -> anyhow::Result<()> {
-    let (config, mut settings) = (cli.config, cli.settings);
+    let (mut config, mut settings) = (cli.config, cli.settings);
     match cli.command {
         Command::Up => {
             with_development_admin(&mut settings);
+            with_assertion_keys(&mut config, KeyDefault::PerRun)?;
             serve(&config, &settings, &names().collect::<Vec<_>>()).await
         }
-        Command::Run { program } => serve(&config, &settings, &[program.as_str()]).await,
+        Command::Run { program } => {
+            with_assertion_keys(&mut config, KeyDefault::DevelopmentOnLoopback)?;
+            serve(&config, &settings, &[program.as_str()]).await
+        }
         Command::Migrate => {
             for e in PROGRAMS {
                 service::migrate((e.build)(&settings).as_ref(), &config).await?;
@@ -213,6 +217,52 @@ fn with_development_admin(settings: &mut Settings) {
         users.admin_email = Some(email.into());
         users.admin_password = Some(password.into());
     }
+}
+
+/// What a program signs its assertions with when no key is configured.
+enum KeyDefault {
+    /// `shop up`: every program is in this process, so a fresh key for this run.
+    PerRun,
+    /// `shop run`: the programs of a laptop (all on loopback) share the development key;
+    /// bound to any other address, a program refuses to start without a real key.
+    DevelopmentOnLoopback,
+}
+
+/// The development assertion key of `shop run` on a loopback address: public, so never
+/// for an address another machine can reach.
+const DEVELOPMENT_ASSERTION_KEY: &str = "development-only-assertion-key-not-for-production";
+
+fn with_assertion_keys(config: &mut Config, default: KeyDefault) -> anyhow::Result<()> {
+    if config.assertion_keys.is_some() || config.assertion_key_file.is_some() {
+        config.assertion_keys()?;
+        return Ok(());
+    }
+    let key = match default {
+        KeyDefault::PerRun => {
+            info!("no SHOP_ASSERTION_KEYS: the programs of this run sign with a key of its own");
+            shop_platform::assertion::Keys::generate()
+        }
+        KeyDefault::DevelopmentOnLoopback if is_loopback(&config.bind) => {
+            warn!(
+                "no SHOP_ASSERTION_KEYS: signing caller assertions with the public development key (loopback only; never in production)"
+            );
+            DEVELOPMENT_ASSERTION_KEY.to_string()
+        }
+        KeyDefault::DevelopmentOnLoopback => anyhow::bail!(
+            "SHOP_ASSERTION_KEYS (or SHOP_ASSERTION_KEY_FILE) is required: SHOP_BIND={} is not a loopback address, and every program there must share a secret key",
+            config.bind
+        ),
+    };
+    config.assertion_keys = Some(key);
+    Ok(())
+}
+
+/// Whether `host` is reachable only from this machine.
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Cancelled on SIGINT or SIGTERM.
@@ -363,6 +413,23 @@ mod tests {
         assert!(line.contains("check that the server runs there"), "{line}");
         let multi = anyhow::anyhow!("first line\n  second line\n\tthird");
         assert_eq!(one_line(&multi), "first line second line third");
+    }
+
+    #[test]
+    fn a_program_bound_beyond_loopback_needs_a_real_key() {
+        let mut c = Config::defaults();
+        c.bind = "0.0.0.0".into();
+        let e = with_assertion_keys(&mut c, KeyDefault::DevelopmentOnLoopback).unwrap_err();
+        assert!(e.to_string().contains("SHOP_ASSERTION_KEYS"), "{e}");
+        let mut c = Config::defaults();
+        with_assertion_keys(&mut c, KeyDefault::DevelopmentOnLoopback).unwrap();
+        assert_eq!(c.assertion_keys.as_deref(), Some(DEVELOPMENT_ASSERTION_KEY));
+        let mut c = Config::defaults();
+        c.bind = "0.0.0.0".into();
+        with_assertion_keys(&mut c, KeyDefault::PerRun).unwrap();
+        assert_ne!(c.assertion_keys.as_deref(), Some(DEVELOPMENT_ASSERTION_KEY));
+        c.assertion_keys = Some("short".into());
+        assert!(with_assertion_keys(&mut c, KeyDefault::PerRun).is_err());
     }
 
     #[test]

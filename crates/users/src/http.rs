@@ -1,5 +1,5 @@
 //! HTTP routes of the users service: the public paths, which the gateway forwards unchanged
-//! (after authenticating `me` and `logout`, for which it sets `x-user-id`/`x-user-role`).
+//! (after authenticating `me` and `logout`, for which it signs the caller's assertion).
 
 use axum::{
     Json, Router,

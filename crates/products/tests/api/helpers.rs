@@ -5,8 +5,8 @@ use std::sync::Arc;
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
 use shop_platform::{
+    assertion::HEADER as ASSERTION,
     config::Config,
-    http::{X_USER_ID, X_USER_ROLE},
     metrics,
     testkit::{TestEnv, TestService},
 };
@@ -45,14 +45,19 @@ impl App {
         self.0.stop().await;
     }
 
+    /// A call of an internal route, as the orders service makes it.
+    pub fn internal(&self, path: &str) -> RequestBuilder {
+        self.http
+            .get(self.url(path))
+            .header(ASSERTION, self.service_assertion("orders"))
+    }
+
     pub fn as_admin(&self, req: RequestBuilder) -> RequestBuilder {
-        req.header(X_USER_ID, Uuid::now_v7().to_string())
-            .header(X_USER_ROLE, "admin")
+        req.header(ASSERTION, self.user_assertion(Uuid::now_v7(), "admin"))
     }
 
     pub fn as_user(&self, req: RequestBuilder) -> RequestBuilder {
-        req.header(X_USER_ID, Uuid::now_v7().to_string())
-            .header(X_USER_ROLE, "user")
+        req.header(ASSERTION, self.user_assertion(Uuid::now_v7(), "user"))
     }
 
     pub async fn create(&self, body: &Value) -> Response {

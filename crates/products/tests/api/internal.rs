@@ -14,10 +14,20 @@ async fn internal_prices_for_the_orders_service() {
     let (a_id, b_id) = (id_of(&a), id_of(&b));
     let unknown = Uuid::now_v7();
 
-    let url = app.url(&format!(
-        "/internal/products?ids={b_id},{unknown},{a_id},{b_id}"
-    ));
-    let r = app.http.get(&url).send().await.unwrap();
+    let path = format!("/internal/products?ids={b_id},{unknown},{a_id},{b_id}");
+    // Only another program may ask: no assertion, or a user's, is refused.
+    let r = app.http.get(app.url(&path)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let as_user = app.user_assertion(Uuid::now_v7(), "admin");
+    let r = app
+        .http
+        .get(app.url(&path))
+        .header(shop_platform::assertion::HEADER, as_user)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = app.internal(&path).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let expected = json!([
         {"id": b_id, "name": "Product INT-B", "price_cents": 2500, "currency": "EUR"},
@@ -30,8 +40,7 @@ async fn internal_prices_for_the_orders_service() {
         app.counter("db_loads").await,
     );
     let again: Value = app
-        .http
-        .get(&url)
+        .internal(&path)
         .send()
         .await
         .unwrap()
@@ -45,8 +54,7 @@ async fn internal_prices_for_the_orders_service() {
     assert_eq!(app.cached(&a_id).await, Some(a));
 
     let none: Value = app
-        .http
-        .get(app.url("/internal/products"))
+        .internal("/internal/products")
         .send()
         .await
         .unwrap()
@@ -58,8 +66,7 @@ async fn internal_prices_for_the_orders_service() {
     let too_many: Vec<String> = (0..101).map(|_| Uuid::now_v7().to_string()).collect();
     for ids in [too_many.join(","), "nope".to_string()] {
         let r = app
-            .http
-            .get(app.url(&format!("/internal/products?ids={ids}")))
+            .internal(&format!("/internal/products?ids={ids}"))
             .send()
             .await
             .unwrap();
@@ -69,8 +76,7 @@ async fn internal_prices_for_the_orders_service() {
     }
     let hundred = too_many[..100].join(",");
     let r = app
-        .http
-        .get(app.url(&format!("/internal/products?ids={hundred}")))
+        .internal(&format!("/internal/products?ids={hundred}"))
         .send()
         .await
         .unwrap();

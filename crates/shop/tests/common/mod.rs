@@ -64,6 +64,10 @@ impl Cluster {
             ("SHOP_ADMIN_EMAIL".into(), ADMIN_EMAIL.into()),
             ("SHOP_ADMIN_PASSWORD".into(), ADMIN_PASSWORD.into()),
             ("SHOP_RETRY_DELAYS_MS".into(), "200,500".into()),
+            (
+                "SHOP_ASSERTION_KEYS".into(),
+                shop_platform::assertion::Keys::generate(),
+            ),
             ("SHOP_LOG".into(), "info,sqlx=warn,lapin=warn".into()),
         ];
         let mut settings = Settings::defaults();

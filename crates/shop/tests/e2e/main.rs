@@ -8,3 +8,4 @@ mod cluster;
 mod limits;
 mod readme;
 mod saga;
+mod trust;

@@ -4,11 +4,7 @@ use std::sync::Arc;
 
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
-use shop_platform::{
-    config::defaults,
-    http::{X_USER_ID, X_USER_ROLE},
-    testkit::TestService,
-};
+use shop_platform::{assertion::HEADER as ASSERTION, config::defaults, testkit::TestService};
 use shop_users::{Users, program::UsersSettings};
 use uuid::Uuid;
 
@@ -81,8 +77,7 @@ impl App {
     pub async fn me(&self, user_id: Uuid) -> Response {
         self.http
             .get(self.url("/api/me"))
-            .header(X_USER_ID, user_id.to_string())
-            .header(X_USER_ROLE, "user")
+            .header(ASSERTION, self.user_assertion(user_id, "user"))
             .send()
             .await
             .unwrap()

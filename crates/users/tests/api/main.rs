@@ -1,6 +1,6 @@
 //! The users service through its HTTP API, against the real PostgreSQL, Redis and RabbitMQ.
 //! Each test gets its own database and namespace (TestEnv) and plays the gateway itself by
-//! setting `x-user-id`/`x-user-role`.
+//! signing the caller assertion the gateway would.
 
 mod admin;
 mod auth;
