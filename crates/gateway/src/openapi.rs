@@ -43,12 +43,12 @@ fn adjust() {}
 
 #[utoipa::path(post, path = "/api/orders", tag = "orders",
     security(("bearer" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, description = "The same key from the same user returns the same order")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 200 characters; the same key and body from the same user returns the same order, the same key with another body is refused (422 `urn:shop:problem:idempotency-key-reused`)")),
     request_body = shop_orders::api::PlaceOrder,
     responses(
         (status = 202, description = "Accepted: the order is PENDING and its saga runs", body = shop_orders::api::OrderView),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid order (lines, quantities, unknown products)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid order (lines, quantities, a product in two lines, a total over one million, unknown products), or an Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
     ))]
 fn place_order() {}
 

@@ -51,7 +51,17 @@ pub struct Route {
 /// Classifies a request: `Ok(route)`, or the error for an unknown path (404) or a known
 /// path with another method (405).
 pub fn classify(method: &Method, path: &str) -> Result<Route, ApiError> {
+    // The path is forwarded as it is: refuse whatever a URL parser downstream could turn
+    // into another path than the one classified here (dot segments, backslashes, encoded
+    // dots, slashes and backslashes, empty segments).
+    let confusing = path.contains('\\')
+        || ["%2e", "%2f", "%5c", "%00"]
+            .iter()
+            .any(|e| path.to_ascii_lowercase().contains(e));
     let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    if confusing || segs.iter().any(|s| s.is_empty() || *s == "." || *s == "..") {
+        return Err(ApiError::NotFound("no such route".into()));
+    }
     let r = |service, access| Route {
         service,
         access,
@@ -102,7 +112,9 @@ pub fn classify(method: &Method, path: &str) -> Result<Route, ApiError> {
         .iter()
         .find(|(m, _)| m == method)
         .map(|(_, r)| *r)
-        .ok_or(ApiError::MethodNotAllowed)
+        .ok_or_else(|| {
+            ApiError::MethodNotAllowed(methods.iter().map(|(m, _)| m.to_string()).collect())
+        })
 }
 
 /// Shared state of the gateway.
@@ -383,8 +395,31 @@ mod tests {
         ));
         assert!(matches!(
             classify(&Method::DELETE, "/api/orders"),
-            Err(ApiError::MethodNotAllowed)
+            Err(ApiError::MethodNotAllowed(allowed)) if allowed == ["GET", "POST"]
         ));
+    }
+
+    #[test]
+    fn paths_a_downstream_parser_could_rewrite_are_refused() {
+        for path in [
+            "/api/products/..\\..\\internal\\products",
+            "/api/products/../../internal/products",
+            "/api/products/%2e%2e%2finternal",
+            "/api/products/%2E%2E",
+            "/api/products/a%2Fb",
+            "/api/products/a%5cb",
+            "/api//products",
+            "/api/products/./x",
+        ] {
+            assert!(
+                matches!(classify(&Method::GET, path), Err(ApiError::NotFound(_))),
+                "{path}"
+            );
+        }
+        assert!(
+            classify(&Method::GET, "/api/products/").is_ok(),
+            "a trailing slash is fine"
+        );
     }
 
     #[test]

@@ -33,6 +33,8 @@ use crate::{
 
 pub const MAX_LINES: usize = 50;
 pub const MAX_QUANTITY: i32 = 1000;
+/// The largest total of one order, in cents (one million in the currency).
+pub const MAX_TOTAL_CENTS: i64 = 100_000_000;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -64,6 +66,12 @@ fn validate(body: &PlaceOrder) -> Result<(), ApiError> {
         ));
     }
     for (i, l) in body.items.iter().enumerate() {
+        if body.items[..i].iter().any(|e| e.product_id == l.product_id) {
+            return Err(ApiError::validation(
+                format!("items[{i}].product_id"),
+                "this product is in an earlier line: give one line per product",
+            ));
+        }
         if !(1..=MAX_QUANTITY).contains(&l.quantity) {
             return Err(ApiError::validation(
                 format!("items[{i}].quantity"),
@@ -181,12 +189,19 @@ async fn place(
 ) -> Result<Response, ApiError> {
     validate(&body)?;
     let key = idempotency_key(&headers)?;
+    let fingerprint = key.as_ref().map(|_| fingerprint(&body));
     if let Some(k) = &key
-        && let Some(id) = store::by_idempotency_key(&state.pool, caller.user_id, k).await?
+        && let Some(found) = store::by_idempotency_key(&state.pool, caller.user_id, k).await?
     {
-        return accepted(&state, id).await;
+        return same_request(&state, found, fingerprint.as_deref()).await;
     }
     let (lines, total_cents, currency) = price(&state, &body).await?;
+    if total_cents > MAX_TOTAL_CENTS {
+        return Err(ApiError::validation(
+            "items",
+            format!("an order's total is at most {MAX_TOTAL_CENTS} cents"),
+        ));
+    }
     let order = NewOrder {
         id: Uuid::now_v7(),
         user_id: caller.user_id,
@@ -195,21 +210,45 @@ async fn place(
         currency,
         payment_token: body.payment_token.trim().to_string(),
         idempotency_key: key.clone(),
+        idempotency_fingerprint: fingerprint.clone(),
         deadline: state.deadline,
     };
     if store::insert_order(&state.pool, &order).await? {
         state.outbox.wake();
         return accepted(&state, order.id).await;
     }
-    // The same key raced us: answer with the order that won.
-    let id = store::by_idempotency_key(
+    // The same key raced us: answer with the order that won, if it asked the same.
+    let found = store::by_idempotency_key(
         &state.pool,
         caller.user_id,
         key.as_deref().unwrap_or_default(),
     )
     .await?
     .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("idempotent order vanished")))?;
-    accepted(&state, id).await
+    same_request(&state, found, fingerprint.as_deref()).await
+}
+
+/// A digest of what an order request asks for (lines and payment token, as sent).
+fn fingerprint(body: &PlaceOrder) -> String {
+    use sha2::{Digest as _, Sha256};
+    let bytes = serde_json::to_vec(body).expect("a request serializes");
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The answer to a request whose Idempotency-Key already placed `found`: that order again
+/// if the request is the same, 422 if the key is reused for another one.
+async fn same_request(
+    state: &AppState,
+    (id, placed_with): (Uuid, Option<String>),
+    fingerprint: Option<&str>,
+) -> Result<Response, ApiError> {
+    match (placed_with.as_deref(), fingerprint) {
+        (Some(placed), Some(now)) if placed != now => Err(ApiError::IdempotencyKeyReused),
+        _ => accepted(state, id).await,
+    }
 }
 
 async fn accepted(state: &AppState, id: Uuid) -> Result<Response, ApiError> {

@@ -36,6 +36,8 @@ pub struct NewOrder {
     pub currency: String,
     pub payment_token: String,
     pub idempotency_key: Option<String>,
+    /// What the request with that key asked for (a digest of its body).
+    pub idempotency_fingerprint: Option<String>,
     pub deadline: std::time::Duration,
 }
 
@@ -45,8 +47,8 @@ pub async fn insert_order(pool: &PgPool, o: &NewOrder) -> sqlx::Result<bool> {
     let mut tx = pool.begin().await?;
     let state = SagaState::new();
     let inserted = sqlx::query(
-        "INSERT INTO orders (id, user_id, status, total_cents, currency, payment_token, saga, deadline_at, correlation_id, idempotency_key)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8), $1, $9)
+        "INSERT INTO orders (id, user_id, status, total_cents, currency, payment_token, saga, deadline_at, correlation_id, idempotency_key, idempotency_fingerprint)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8), $1, $9, $10)
          ON CONFLICT ON CONSTRAINT orders_idempotency DO NOTHING",
     )
     .bind(o.id)
@@ -58,6 +60,7 @@ pub async fn insert_order(pool: &PgPool, o: &NewOrder) -> sqlx::Result<bool> {
     .bind(sqlx::types::Json(&state))
     .bind(o.deadline.as_secs_f64())
     .bind(&o.idempotency_key)
+    .bind(&o.idempotency_fingerprint)
     .execute(&mut *tx)
     .await?
     .rows_affected()
@@ -220,13 +223,16 @@ pub async fn view(pool: &PgPool, id: Uuid, owner: Option<Uuid>) -> sqlx::Result<
     }))
 }
 
-/// The id of a user's order with that idempotency key.
+/// The id of a user's order with that idempotency key, and the fingerprint of the request
+/// that placed it (none for orders placed before fingerprints were kept).
 pub async fn by_idempotency_key(
     pool: &PgPool,
     user_id: Uuid,
     key: &str,
-) -> sqlx::Result<Option<Uuid>> {
-    sqlx::query_scalar("SELECT id FROM orders WHERE user_id = $1 AND idempotency_key = $2")
+) -> sqlx::Result<Option<(Uuid, Option<String>)>> {
+    sqlx::query_as(
+        "SELECT id, idempotency_fingerprint FROM orders WHERE user_id = $1 AND idempotency_key = $2",
+    )
         .bind(user_id)
         .bind(key)
         .fetch_optional(pool)

@@ -50,13 +50,17 @@ pub enum ApiError {
     #[error("{0}")]
     NotYetKnown(String),
     #[error("this method is not allowed on this route")]
-    MethodNotAllowed,
+    /// Carries the methods the route allows (its `Allow` header).
+    MethodNotAllowed(Vec<String>),
     #[error("request body too large")]
     PayloadTooLarge,
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{field}: {message}")]
     Validation { field: String, message: String },
+    /// An `Idempotency-Key` already used for a request with another body.
+    #[error("this Idempotency-Key was used for another request: use a new key for a new request")]
+    IdempotencyKeyReused,
     #[error("too many requests")]
     TooManyRequests { retry_after_secs: u64 },
     #[error("{0}")]
@@ -85,7 +89,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
             ApiError::NotYetKnown(_) => (StatusCode::NOT_FOUND, "not-yet-known", "Not yet known"),
-            ApiError::MethodNotAllowed => (
+            ApiError::MethodNotAllowed(_) => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method-not-allowed",
                 "Method not allowed",
@@ -104,6 +108,11 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "validation",
                 "Validation failed",
+            ),
+            ApiError::IdempotencyKeyReused => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency key reused",
             ),
             ApiError::TooManyRequests { .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -172,6 +181,11 @@ impl IntoResponse for ApiError {
                 body.to_string(),
             )
                 .into_response();
+        }
+        if let ApiError::MethodNotAllowed(allowed) = &self
+            && let Ok(v) = HeaderValue::from_str(&allowed.join(", "))
+        {
+            resp.headers_mut().insert(header::ALLOW, v);
         }
         let retry_after = match self {
             ApiError::TooManyRequests { retry_after_secs } => Some(retry_after_secs.max(1)),
@@ -290,8 +304,9 @@ pub fn with_common_layers(router: Router, metrics: Arc<Metrics>, timeout: Durati
     router
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(middleware::from_fn(problem_for_bare_errors))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
+        // Outside the timeout, so that its bare 503 becomes a problem too.
+        .layer(middleware::from_fn(problem_for_bare_errors))
         .layer(middleware::from_fn_with_state(metrics, count_requests))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
@@ -299,6 +314,28 @@ pub fn with_common_layers(router: Router, metrics: Arc<Metrics>, timeout: Durati
             tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
         }))
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
+        .layer(middleware::from_fn(drop_unsafe_request_id))
+}
+
+/// Whether a client's request id may be kept: short, and only characters that cannot forge
+/// a log line or a header (letters, digits, `.`, `_`, `-`).
+pub fn is_safe_request_id(id: &[u8]) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Drops a request id that is not [`is_safe_request_id`], so a fresh one is made for it.
+async fn drop_unsafe_request_id(mut req: Request, next: Next) -> Response {
+    if req
+        .headers()
+        .get(X_REQUEST_ID)
+        .is_some_and(|v| !is_safe_request_id(v.as_bytes()))
+    {
+        req.headers_mut().remove(X_REQUEST_ID);
+    }
+    next.run(req).await
 }
 
 async fn count_requests(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
@@ -455,6 +492,53 @@ impl utoipa::Modify for BearerAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client's request id is kept only if it is short and of safe characters; a forged
+    /// log line or an 8 KB id gets a fresh id instead. A timeout is a problem too.
+    #[tokio::test]
+    async fn request_ids_are_sanitised_and_timeouts_are_problems() {
+        use tower::ServiceExt as _;
+        let app = with_common_layers(
+            Router::new().route("/ok", get(|| async { "ok" })).route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    "late"
+                }),
+            ),
+            Arc::new(Metrics::new("test")),
+            Duration::from_millis(50),
+        );
+        let id_of = |id: &str| {
+            let app = app.clone();
+            let req = Request::builder()
+                .uri("/ok")
+                .header(X_REQUEST_ID, id)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            async move {
+                let resp = app.oneshot(req).await.unwrap();
+                resp.headers()[X_REQUEST_ID].to_str().unwrap().to_string()
+            }
+        };
+        assert_eq!(id_of("abc-123_x.y").await, "abc-123_x.y");
+        for bad in [
+            r#"forged" level=ERROR user=admin"#.to_string(),
+            "x".repeat(8192),
+            "tab\there".to_string(),
+        ] {
+            let got = id_of(&bad).await;
+            assert_ne!(got, bad);
+            assert!(uuid::Uuid::parse_str(&got).is_ok(), "{got}");
+        }
+        let slow = Request::builder()
+            .uri("/slow")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let resp = app.clone().oneshot(slow).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+    }
 
     /// A request whose database connection is ended under it (PostgreSQL restarting, or an
     /// administrator terminating backends) is told to try again, not that something broke.

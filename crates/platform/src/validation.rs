@@ -46,7 +46,21 @@ pub fn text(field: &'static str, raw: &str, max_chars: usize) -> Result<String, 
             "must not contain control characters",
         ));
     }
+    if has_bidi_controls(value) {
+        return Err(ValidationError::new(
+            field,
+            "must not contain bidirectional control characters",
+        ));
+    }
     Ok(value.to_owned())
+}
+
+/// Whether `s` holds characters that reorder how text is shown (U+202E and its kin): a
+/// name or an address with one can display as something else than it is.
+pub fn has_bidi_controls(s: &str) -> bool {
+    s.chars().any(|c| {
+        matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    })
 }
 
 #[cfg(test)]
@@ -67,5 +81,7 @@ mod tests {
         assert_eq!(text("name", "é€😀", 3).unwrap(), "é€😀");
         assert!(text("name", "a\u{7}b", 3).is_err());
         assert_eq!(text("bio", "", 3).unwrap_err().field, "bio");
+        assert!(text("name", "abc\u{202E}txt.exe", 30).is_err());
+        assert!(text("name", "\u{2067}x", 30).is_err());
     }
 }

@@ -85,6 +85,12 @@ impl Description {
                 "must not contain control characters other than line breaks and tabs",
             ));
         }
+        if validation::has_bidi_controls(text) {
+            return Err(ValidationError::new(
+                "description",
+                "must not contain bidirectional control characters",
+            ));
+        }
         Ok(Description(text.to_owned()))
     }
 

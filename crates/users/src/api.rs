@@ -17,10 +17,11 @@ pub struct RegisterRequest {
     #[schema(
         example = "alice@example.com",
         max_length = 254,
-        pattern = r"^[^@\s\u0000-\u001f\u007f-\u009f]{1,64}@[^@\s.\u0000-\u001f\u007f-\u009f]+(\.[^@\s.\u0000-\u001f\u007f-\u009f]+)+$"
+        pattern = r"^[^@\s\u0000-\u001f\u007f-\u009f\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]{1,64}@[^@\s.\u0000-\u001f\u007f-\u009f\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]+(\.[^@\s.\u0000-\u001f\u007f-\u009f\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]+)+$"
     )]
     pub email: String,
-    /// 8 to 128 characters.
+    /// 8 to 128 characters; not only spaces, not one of the most common passwords, and not
+    /// containing the e-mail address's local part.
     #[schema(
         example = "correct horse battery staple",
         min_length = 8,
@@ -32,7 +33,7 @@ pub struct RegisterRequest {
         example = "Alice",
         min_length = 1,
         max_length = 100,
-        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*\S[^\u0000-\u001f\u007f-\u009f]*$"
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]*\S[^\u0000-\u001f\u007f-\u009f\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]*$"
     )]
     pub name: String,
 }

@@ -36,6 +36,9 @@ impl Email {
         if email.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(err("must not contain spaces or control characters"));
         }
+        if validation::has_bidi_controls(&email) {
+            return Err(err("must not contain bidirectional control characters"));
+        }
         let mut parts = email.split('@');
         let (local, domain) = match (parts.next(), parts.next(), parts.next()) {
             (Some(local), Some(domain), None) => (local, domain),
@@ -100,10 +103,95 @@ impl Password {
         Ok(Password(raw))
     }
 
+    /// A password a new account may have: [`Password::parse`], and not guessable from a
+    /// list of the most common passwords or from the account's e-mail address.
+    pub fn parse_for(raw: String, email: &Email) -> Result<Password, ValidationError> {
+        let password = Password::parse(raw)?;
+        match guessable(password.as_str(), email) {
+            Some(why) => Err(ValidationError::new("password", why)),
+            None => Ok(password),
+        }
+    }
+
     /// The plaintext, for hashing only.
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Passwords every guesser tries first (lower-cased), refused at registration.
+const COMMON_PASSWORDS: &[&str] = &[
+    "12345678",
+    "123456789",
+    "1234567890",
+    "12341234",
+    "11111111",
+    "00000000",
+    "87654321",
+    "11223344",
+    "password",
+    "password1",
+    "password12",
+    "password123",
+    "passw0rd",
+    "p@ssw0rd",
+    "qwertyui",
+    "qwerty12",
+    "qwerty123",
+    "qwertyuiop",
+    "asdfghjk",
+    "asdfghjkl",
+    "zxcvbnm1",
+    "1q2w3e4r",
+    "q1w2e3r4",
+    "1qaz2wsx",
+    "zaq12wsx",
+    "qazwsxedc",
+    "aa123456",
+    "abc12345",
+    "abcd1234",
+    "iloveyou",
+    "sunshine",
+    "princess",
+    "football",
+    "baseball",
+    "welcome1",
+    "welcome123",
+    "letmein1",
+    "letmein123",
+    "trustno1",
+    "superman",
+    "administrator",
+    "admin123",
+    "changeme",
+    "computer",
+    "internet",
+    "whatever",
+    "starwars",
+    "michael1",
+    "monkey12",
+    "dragon12",
+    "master12",
+    "shadow12",
+    "jennifer",
+    "liverpool",
+    "mercedes",
+];
+
+/// Why `password` is easy to guess for the owner of `email`, if it is.
+pub fn guessable(password: &str, email: &Email) -> Option<&'static str> {
+    let lower = password.to_lowercase();
+    if lower.trim().is_empty() {
+        return Some("must not be only spaces");
+    }
+    if COMMON_PASSWORDS.contains(&lower.as_str()) {
+        return Some("is one of the most common passwords");
+    }
+    let local = email.as_str().split('@').next().unwrap_or_default();
+    if local.chars().count() >= 3 && lower.contains(local) {
+        return Some("must not contain the e-mail address");
+    }
+    None
 }
 
 impl fmt::Debug for Password {
@@ -253,6 +341,34 @@ impl fmt::Display for Role {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guessable_passwords_are_refused_at_registration() {
+        let ann = Email::parse("ann.lee@example.com").unwrap();
+        for weak in [
+            "12345678",
+            "password",
+            "Password1",
+            "        ",
+            "ann.lee@example.com",
+            "my-ann.lee-pass",
+        ] {
+            assert!(
+                Password::parse_for(weak.into(), &ann).is_err(),
+                "{weak:?} accepted"
+            );
+        }
+        for fine in [
+            "correct horse battery staple",
+            "tr0ub4dor&3x",
+            "ann-is-here-1",
+        ] {
+            assert!(
+                Password::parse_for(fine.into(), &ann).is_ok(),
+                "{fine:?} refused"
+            );
+        }
+    }
 
     fn pw(s: &str) -> Password {
         Password::parse(s.to_owned()).unwrap()

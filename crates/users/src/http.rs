@@ -69,7 +69,7 @@ pub async fn register(
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> Result<(StatusCode, Json<User>), ApiError> {
     let email = Email::parse(&req.email)?;
-    let password = Password::parse(req.password)?;
+    let password = Password::parse_for(req.password, &email)?;
     let name = Name::parse(&req.name)?;
     let hash = s
         .hasher

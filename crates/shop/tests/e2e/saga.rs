@@ -120,6 +120,51 @@ async fn orders_confirm_decline_reject_and_never_oversell() {
     assert_eq!(first["id"], second["id"]);
     shop.settled(&alice, first["id"].as_str().unwrap(), SETTLE)
         .await;
+    // The same key with another body is refused, and places nothing; another user's
+    // orders are not touched by alice's keys.
+    let other =
+        json!({"items": [{"product_id": widget, "quantity": 2}], "payment_token": "tok_visa"});
+    let reused = shop
+        .http
+        .post(format!("{}/api/orders", shop.base))
+        .bearer_auth(&alice)
+        .header("Idempotency-Key", "checkout-42")
+        .json(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let problem: serde_json::Value = reused.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:shop:problem:idempotency-key-reused");
+    // (Declined, so that its stock comes back before the next orders.)
+    let (carol, _) = shop.user().await;
+    let declined =
+        json!({"items": [{"product_id": widget, "quantity": 1}], "payment_token": "tok_decline"});
+    let carols = shop
+        .http
+        .post(format!("{}/api/orders", shop.base))
+        .bearer_auth(&carol)
+        .header("Idempotency-Key", "checkout-42")
+        .json(&declined)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        carols.status(),
+        StatusCode::ACCEPTED,
+        "keys are each user's own"
+    );
+    let carols: serde_json::Value = carols.json().await.unwrap();
+    assert_ne!(carols["id"], first["id"]);
+    shop.settled(&carol, carols["id"].as_str().unwrap(), SETTLE)
+        .await;
+    // One line per product: repeating a product to pass the per-line cap is refused.
+    let repeated = json!({"items": [{"product_id": widget, "quantity": 1}, {"product_id": widget, "quantity": 1}], "payment_token": "tok_visa"});
+    let (s, problem) = shop
+        .call(Method::POST, "/api/orders", Some(&alice), Some(repeated))
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert_eq!(problem["field"], "items[1].product_id");
 
     // Another user cannot see alice's order, nor its event stream.
     let (s, _) = shop
