@@ -9,7 +9,6 @@ use shop_inventory::{Inventory, stock_report};
 use shop_platform::{
     Envelope, Event,
     assertion::HEADER as ASSERTION,
-    bus::Publisher,
     events::{OrderConfirmed, OrderCreated, OrderLine, ProductCreated, StockReleaseRequested},
     testkit::{TestService, WAIT, eventually},
 };
@@ -18,12 +17,7 @@ use uuid::Uuid;
 /// Inventory running on the real servers ([`TestService`]), with its own helpers.
 struct Svc(TestService);
 
-impl std::ops::Deref for Svc {
-    type Target = TestService;
-    fn deref(&self) -> &TestService {
-        &self.0
-    }
-}
+shop_platform::deref_to_test_service!(Svc);
 
 impl Svc {
     async fn start() -> Svc {
@@ -287,11 +281,7 @@ async fn fifty_concurrent_orders_for_ten_units_reserve_exactly_ten() {
         .iter()
         .map(|&o| order_created(o, &[(product, 1)]))
         .collect();
-    svc.broker
-        .publish_batch(&events)
-        .await
-        .into_iter()
-        .for_each(|r| r.unwrap());
+    svc.publish_all(&events).await;
 
     let pool = svc.env.pool.clone();
     let outcomes = || async {
@@ -586,11 +576,7 @@ async fn orders_racing_their_own_releases_always_give_the_stock_back() {
             }
         })
         .collect();
-    svc.broker
-        .publish_batch(&events)
-        .await
-        .into_iter()
-        .for_each(|r| r.unwrap());
+    svc.publish_all(&events).await;
 
     for &order in &orders {
         let events = svc.wait_emitted(order, 2).await;

@@ -38,12 +38,7 @@ impl Sender for Outbox {
 /// Notifications running on the real servers ([`TestService`]), with its own helpers.
 struct Svc(TestService, Arc<Outbox>);
 
-impl std::ops::Deref for Svc {
-    type Target = TestService;
-    fn deref(&self) -> &TestService {
-        &self.0
-    }
-}
+shop_platform::deref_to_test_service!(Svc);
 
 impl Svc {
     async fn start() -> Svc {

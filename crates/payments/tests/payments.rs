@@ -8,7 +8,6 @@ use serde_json::{Value, json};
 use shop_payments::{Payments, money_report};
 use shop_platform::{
     Envelope, Event,
-    bus::Publisher,
     config::Config,
     dlq,
     events::{PaymentRefundRequested, PaymentRequested},
@@ -19,12 +18,7 @@ use uuid::Uuid;
 /// Payments running on the real servers ([`TestService`]), with its own helpers.
 struct Svc(TestService);
 
-impl std::ops::Deref for Svc {
-    type Target = TestService;
-    fn deref(&self) -> &TestService {
-        &self.0
-    }
-}
+shop_platform::deref_to_test_service!(Svc);
 
 impl Svc {
     async fn start() -> Svc {
@@ -199,11 +193,7 @@ async fn a_repeated_request_charges_once_and_answers_with_the_first_result() {
         })
         .chain((0..5).map(|_| requested(racing, 1_000, "tok_visa")))
         .collect();
-    svc.broker
-        .publish_batch(&copies)
-        .await
-        .into_iter()
-        .for_each(|r| r.unwrap());
+    svc.publish_all(&copies).await;
 
     let events = svc.wait_emitted(paid, 5).await;
     let payment_id = svc.payments(paid).await[0].0;

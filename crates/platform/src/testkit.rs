@@ -266,6 +266,13 @@ impl TestService {
         self.broker.publish(event).await.expect("published");
     }
 
+    /// Publishes events in one batch, with confirms.
+    pub async fn publish_all(&self, events: &[Envelope]) {
+        for r in self.broker.publish_batch(events).await {
+            r.expect("published");
+        }
+    }
+
     /// The envelopes the service wrote to its outbox about `aggregate_id`, oldest first.
     pub async fn emitted(&self, aggregate_id: uuid::Uuid) -> Vec<Envelope> {
         let rows: Vec<String> = sqlx::query_scalar(
@@ -321,6 +328,30 @@ impl TestService {
         })
         .await;
     }
+}
+
+/// Lets a crate's own test wrapper `struct Name(TestService, ...)` be used as the
+/// [`TestService`] it wraps (its own helpers beside the shared ones).
+#[macro_export]
+macro_rules! deref_to_test_service {
+    ($name:ident) => {
+        impl std::ops::Deref for $name {
+            type Target = $crate::testkit::TestService;
+            fn deref(&self) -> &$crate::testkit::TestService {
+                &self.0
+            }
+        }
+    };
+}
+
+/// Sends a request and reads its answer as JSON (panicking, as a test does, if it cannot).
+pub async fn json_of(req: reqwest::RequestBuilder) -> serde_json::Value {
+    req.send()
+        .await
+        .expect("the request is answered")
+        .json()
+        .await
+        .expect("the answer is JSON")
 }
 
 /// How long a [`TestService`] waits for the effects of a message.

@@ -2,6 +2,7 @@
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use shop_platform::testkit::json_of;
 use shop_platform::{
     Envelope,
     events::{ProductCreated, ProductUpdated},
@@ -241,15 +242,7 @@ async fn the_catalogue_pages_through_every_product_once() {
         if let Some(c) = &cursor {
             url.push_str(&format!("&cursor={c}"));
         }
-        let page: Value = app
-            .http
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page = json_of(app.http.get(url)).await;
         pages += 1;
         let items = page["items"].as_array().unwrap();
         assert!(items.len() <= 2);
@@ -263,15 +256,7 @@ async fn the_catalogue_pages_through_every_product_once() {
     assert_eq!(seen, ids, "every product once, in creation order");
 
     // The default page holds them all.
-    let page: Value = app
-        .http
-        .get(app.url("/api/products"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = json_of(app.http.get(app.url("/api/products"))).await;
     assert_eq!(page["items"].as_array().unwrap().len(), 5);
     assert_eq!(page["next_cursor"], Value::Null);
 

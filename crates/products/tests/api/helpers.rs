@@ -16,12 +16,7 @@ use uuid::Uuid;
 /// The products service on the real servers ([`TestService`]), with its own helpers.
 pub struct App(pub TestService);
 
-impl std::ops::Deref for App {
-    type Target = TestService;
-    fn deref(&self) -> &TestService {
-        &self.0
-    }
-}
+shop_platform::deref_to_test_service!(App);
 
 /// The products program with default settings.
 pub fn products() -> Arc<Products> {

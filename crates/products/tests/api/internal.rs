@@ -2,6 +2,7 @@
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use shop_platform::testkit::json_of;
 use uuid::Uuid;
 
 use crate::helpers::{App, id_of, problem};
@@ -39,28 +40,14 @@ async fn internal_prices_for_the_orders_service() {
         app.counter("cache_hits").await,
         app.counter("db_loads").await,
     );
-    let again: Value = app
-        .internal(&path)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let again = json_of(app.internal(&path)).await;
     assert_eq!(again, expected);
     assert_eq!(app.counter("cache_hits").await, hits + 2);
     // The unknown id is looked for again (not cached): one load for it.
     assert_eq!(app.counter("db_loads").await, loads + 1);
     assert_eq!(app.cached(&a_id).await, Some(a));
 
-    let none: Value = app
-        .internal("/internal/products")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let none = json_of(app.internal("/internal/products")).await;
     assert_eq!(none, json!([]));
 
     let too_many: Vec<String> = (0..101).map(|_| Uuid::now_v7().to_string()).collect();

@@ -6,10 +6,7 @@ use std::time::Duration;
 
 use shop_platform::testkit::eventually;
 
-use crate::{
-    harness::{Chaos, Expect},
-    turn,
-};
+use crate::harness::{Chaos, Expect};
 
 /// Holds a fault that freezes publishing until the programs have felt it: publisher confirms
 /// timed out (after 15 s), so they gave up on the stuck connection, while orders kept being
@@ -29,9 +26,7 @@ async fn until_publishers_gave_up(c: &Chaos, failures_before: u64) {
 
 /// The broker goes away (`stop` or `kill -9`) while orders keep coming, then starts again.
 async fn broker_down_and_back(name: &str, fault: &str, kill: bool) {
-    let _turn = turn().await;
-    let mut c = Chaos::start(name, &[]).await;
-    c.start_trickle().await;
+    let (_turn, mut c) = Chaos::begin(name, &[]).await;
     c.fault(fault);
     if kill {
         c.servers.rabbit.kill().await;
@@ -66,9 +61,7 @@ async fn broker_killed_and_restarted() {
 #[ignore = "full suite: scripts/chaos"]
 async fn broker_paused_then_resumed() {
     const NAME: &str = "broker paused (SIGSTOP) then resumed";
-    let _turn = turn().await;
-    let mut c = Chaos::start(NAME, &[]).await;
-    c.start_trickle().await;
+    let (_turn, mut c) = Chaos::begin(NAME, &[]).await;
     let failures = c.metric_sum("shop_publish_failures_total").await;
     c.fault("kill -STOP of the broker");
     c.servers.rabbit.pause();
@@ -93,9 +86,7 @@ async fn shop_connections(c: &Chaos) -> usize {
 #[ignore = "full suite: scripts/chaos"]
 async fn all_client_connections_closed() {
     const NAME: &str = "all client connections closed (3 times)";
-    let _turn = turn().await;
-    let mut c = Chaos::start(NAME, &[]).await;
-    c.start_trickle().await;
+    let (_turn, mut c) = Chaos::begin(NAME, &[]).await;
     let programs = shop_connections(&c).await;
     assert!(programs >= 6, "the programs are connected ({programs})");
     c.fault("rabbitmqctl close_all_connections, three times");
@@ -129,9 +120,7 @@ async fn all_client_connections_closed() {
 #[ignore = "full suite: scripts/chaos"]
 async fn broker_memory_alarm() {
     const NAME: &str = "broker memory alarm (publishers blocked)";
-    let _turn = turn().await;
-    let mut c = Chaos::start(NAME, &[]).await;
-    c.start_trickle().await;
+    let (_turn, mut c) = Chaos::begin(NAME, &[]).await;
     let failures = c.metric_sum("shop_publish_failures_total").await;
     c.fault("vm_memory_high_watermark 0.0000001");
     c.servers

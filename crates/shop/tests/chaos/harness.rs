@@ -105,6 +105,19 @@ impl Drop for Chaos {
 }
 
 impl Chaos {
+    /// A scenario's start: its turn (scenarios never overlap; hold the guard until the end,
+    /// after the `Chaos`, which is dropped first), then [`Chaos::start`] and the trickle of
+    /// orders.
+    pub async fn begin(
+        name: &str,
+        extra: &[(&str, &str)],
+    ) -> (tokio::sync::MutexGuard<'static, ()>, Chaos) {
+        let turn = crate::turn().await;
+        let mut c = Chaos::start(name, extra).await;
+        c.start_trickle().await;
+        (turn, c)
+    }
+
     /// Private servers, the seven programs (with `extra` environment), a catalogue and the
     /// shoppers.
     pub async fn start(name: &str, extra: &[(&str, &str)]) -> Chaos {

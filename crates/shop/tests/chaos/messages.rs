@@ -23,7 +23,6 @@ use uuid::Uuid;
 use crate::{
     harness::{Chaos, Expect},
     load::Dice,
-    turn,
 };
 
 /// A message to put straight on a service queue.
@@ -194,9 +193,7 @@ fn poison_set() -> Vec<Poison> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn poison_burst_is_dead_lettered_with_reasons() {
     const NAME: &str = "poison burst on every service queue";
-    let _turn = turn().await;
-    let mut c = Chaos::start(NAME, &[]).await;
-    c.start_trickle().await;
+    let (_turn, mut c) = Chaos::begin(NAME, &[]).await;
     let broker = c.cluster.broker().await;
     let ch = broker.channel().await.unwrap();
     ch.confirm_select(ConfirmSelectOptions::default())
@@ -252,9 +249,7 @@ async fn poison_burst_is_dead_lettered_with_reasons() {
 #[ignore = "full suite: scripts/chaos"]
 async fn saga_events_duplicated_and_reordered_change_nothing() {
     const NAME: &str = "every saga event delivered twice more, shuffled";
-    let _turn = turn().await;
-    let mut c = Chaos::start(NAME, &[]).await;
-    c.start_trickle().await;
+    let (_turn, mut c) = Chaos::begin(NAME, &[]).await;
     c.accepted_more(40, Duration::from_secs(60), "orders to replay")
         .await;
     c.stop_trickle().await;

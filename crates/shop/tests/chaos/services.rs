@@ -6,15 +6,10 @@
 
 use std::{os::unix::process::ExitStatusExt as _, time::Duration};
 
-use crate::{
-    harness::{Chaos, Expect},
-    turn,
-};
+use crate::harness::{Chaos, Expect};
 
 async fn service_killed(program: &'static str, name: &str) {
-    let _turn = turn().await;
-    let mut c = Chaos::start(name, &[]).await;
-    c.start_trickle().await;
+    let (_turn, mut c) = Chaos::begin(name, &[]).await;
     c.fault(&format!("kill -9 of {program}"));
     c.cluster.kill(program);
     if program == "orders" {
@@ -68,9 +63,7 @@ async fn payments_killed_and_restarted() {
 /// it again without: what it had done before the crash is done once, what it had not is
 /// done after.
 async fn crash_point(program: &'static str, point: &str, name: &str) {
-    let _turn = turn().await;
-    let mut c = Chaos::start(name, &[]).await;
-    c.start_trickle().await;
+    let (_turn, mut c) = Chaos::begin(name, &[]).await;
     c.fault(&format!(
         "{program} restarted with SHOP_CRASH_POINT={point}"
     ));
@@ -184,9 +177,7 @@ async fn drained(c: &Chaos, service: &str) {
 #[ignore = "full suite: scripts/chaos"]
 async fn backlog_of_stopped_consumers() {
     const NAME: &str = "backlog: inventory, orders, payments stopped, then restarted";
-    let _turn = turn().await;
-    let mut c = Chaos::start(NAME, &[]).await;
-    c.start_trickle().await;
+    let (_turn, mut c) = Chaos::begin(NAME, &[]).await;
     c.fault("inventory and payments stopped (SIGTERM) while orders keep coming");
     for p in ["inventory", "payments"] {
         let st = c.cluster.terminate(p);

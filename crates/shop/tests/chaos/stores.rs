@@ -8,18 +8,13 @@ use reqwest::StatusCode;
 use shop_platform::{Envelope, bus::Publisher as _};
 use sqlx::{Connection as _, PgConnection};
 
-use crate::{
-    harness::{Chaos, Expect},
-    turn,
-};
+use crate::harness::{Chaos, Expect};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "full suite: scripts/chaos"]
 async fn postgres_crashed_and_restarted() {
     const NAME: &str = "PostgreSQL stopped -m immediate and restarted";
-    let _turn = turn().await;
-    let mut c = Chaos::start(NAME, &[]).await;
-    c.start_trickle().await;
+    let (_turn, mut c) = Chaos::begin(NAME, &[]).await;
     c.fault("pg_ctl stop -m immediate");
     c.servers.postgres.crash().await;
     c.refused_more(
@@ -40,9 +35,7 @@ async fn postgres_crashed_and_restarted() {
 #[ignore = "full suite: scripts/chaos"]
 async fn postgres_down_longer_than_every_retry_delay() {
     const NAME: &str = "PostgreSQL down longer than every retry delay";
-    let _turn = turn().await;
-    let mut c = Chaos::start(NAME, &[("SHOP_RETRY_DELAYS_MS", "100,200")]).await;
-    c.start_trickle().await;
+    let (_turn, mut c) = Chaos::begin(NAME, &[("SHOP_RETRY_DELAYS_MS", "100,200")]).await;
     c.accepted_more(10, Duration::from_secs(60), "orders before the outage")
         .await;
     // Real saga events to deliver while the database is down, so that consumers certainly
@@ -88,9 +81,7 @@ async fn postgres_down_longer_than_every_retry_delay() {
 #[ignore = "full suite: scripts/chaos"]
 async fn postgres_connections_terminated() {
     const NAME: &str = "PostgreSQL connections terminated (3 times)";
-    let _turn = turn().await;
-    let mut c = Chaos::start(NAME, &[]).await;
-    c.start_trickle().await;
+    let (_turn, mut c) = Chaos::begin(NAME, &[]).await;
     c.fault("pg_terminate_backend of every connection to the shop database, three times");
     let url = c.servers.postgres.url();
     for round in 1..=3 {
@@ -123,9 +114,7 @@ async fn postgres_connections_terminated() {
 #[ignore = "full suite: scripts/chaos"]
 async fn redis_killed_and_restarted() {
     const NAME: &str = "Redis killed (kill -9) and restarted empty";
-    let _turn = turn().await;
-    let mut c = Chaos::start(NAME, &[]).await;
-    c.start_trickle().await;
+    let (_turn, mut c) = Chaos::begin(NAME, &[]).await;
     let old_token = c.shopper_token(0);
     let products = c.catalogue.products.clone();
     for p in &products {

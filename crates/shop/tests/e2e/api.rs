@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use redis::AsyncCommands as _;
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::json;
 use shop_platform::testkit::eventually;
 
 use crate::cluster::{ADMIN_PASSWORD, Cluster};
@@ -30,26 +30,10 @@ async fn the_public_api_is_safe_and_behaves() {
         docs.text().await.unwrap().contains("swagger"),
         "Swagger UI page"
     );
-    let doc: Value = shop
-        .http
-        .get(format!("{base}/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, doc) = shop.call(Method::GET, "/openapi.json", None, None).await;
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     // The AsyncAPI document of the events, beside it, is the committed one.
-    let events: Value = shop
-        .http
-        .get(format!("{base}/asyncapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, events) = shop.call(Method::GET, "/asyncapi.json", None, None).await;
     assert_eq!(events["asyncapi"], "3.0.0");
     assert_eq!(events, shop::asyncapi());
 

@@ -39,13 +39,21 @@ async fn the_readme_walk_through_works_as_pasted_twice() {
         "the block talks to the default gateway address"
     );
     for run in 1..=2 {
+        // The output goes to a file as well, so that a run that hangs still says where.
+        let transcript = shop.log_dir.join(format!("readme-run-{run}.txt"));
+        let traced = format!("exec > >(tee {}) 2>&1\n{script}", transcript.display());
         let child = tokio::process::Command::new("bash")
-            .args(["-eu", "-o", "pipefail", "-c", &script])
+            .args(["-eu", "-o", "pipefail", "-c", &traced])
             .kill_on_drop(true)
             .output();
         let out = tokio::time::timeout(Duration::from_secs(90), child)
             .await
-            .unwrap_or_else(|_| panic!("run {run} of the walk-through did not finish in 90 s"))
+            .unwrap_or_else(|_| {
+                let so_far = std::fs::read_to_string(&transcript).unwrap_or_default();
+                panic!(
+                    "run {run} of the walk-through did not finish in 90 s; it printed:\n{so_far}"
+                )
+            })
             .expect("bash runs");
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -13,18 +13,7 @@ pub const PASSWORD: &str = "correct horse battery staple";
 /// The users service on the real servers ([`TestService`]), with its own helpers.
 pub struct App(pub TestService);
 
-impl std::ops::Deref for App {
-    type Target = TestService;
-    fn deref(&self) -> &TestService {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for App {
-    fn deref_mut(&mut self) -> &mut TestService {
-        &mut self.0
-    }
-}
+shop_platform::deref_to_test_service!(App);
 
 /// The users program with default settings, changed by `tweak`.
 pub fn users(tweak: impl FnOnce(&mut UsersSettings)) -> Arc<Users> {
