@@ -2,7 +2,7 @@
 //! covers them, what a reservation's status answers to a repeated `order.created`, and what
 //! a valid stock adjustment is.
 
-use std::{collections::BTreeMap, collections::HashMap, fmt, str::FromStr};
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use shop_platform::events::OrderLine;
@@ -117,22 +117,9 @@ impl ReservationStatus {
     }
 }
 
-impl fmt::Display for ReservationStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ReservationStatus {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| format!("unknown reservation status {s:?}"))
-    }
-}
+shop_platform::named_variants!(ReservationStatus, String, |s: &str| format!(
+    "unknown reservation status {s:?}"
+));
 
 /// The answer to an `order.created`.
 #[derive(Clone, Debug, PartialEq, Eq)]

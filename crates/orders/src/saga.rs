@@ -49,9 +49,6 @@
 //! requests idempotently per payment id). `payment.refunded` carries no payment id, so it
 //! always settles the tracked refund.
 
-use std::fmt;
-use std::str::FromStr;
-
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -103,28 +100,14 @@ impl OrderStatus {
     }
 }
 
-impl fmt::Display for OrderStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// A string that is not one of [`OrderStatus::as_str`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("unknown order status {0:?}")]
 pub struct UnknownOrderStatus(pub String);
 
-impl FromStr for OrderStatus {
-    type Err = UnknownOrderStatus;
-
-    /// Parses exactly the strings produced by [`OrderStatus::as_str`].
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        OrderStatus::ALL
-            .into_iter()
-            .find(|status| status.as_str() == s)
-            .ok_or_else(|| UnknownOrderStatus(s.to_owned()))
-    }
-}
+shop_platform::named_variants!(OrderStatus, UnknownOrderStatus, |s: &str| {
+    UnknownOrderStatus(s.to_owned())
+});
 
 /// Why an order was cancelled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -166,28 +149,14 @@ impl CancelReason {
     }
 }
 
-impl fmt::Display for CancelReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// A string that is not one of [`CancelReason::as_str`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("unknown cancel reason {0:?}")]
 pub struct UnknownCancelReason(pub String);
 
-impl FromStr for CancelReason {
-    type Err = UnknownCancelReason;
-
-    /// Parses exactly the strings produced by [`CancelReason::as_str`].
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        CancelReason::ALL
-            .into_iter()
-            .find(|reason| reason.as_str() == s)
-            .ok_or_else(|| UnknownCancelReason(s.to_owned()))
-    }
-}
+shop_platform::named_variants!(CancelReason, UnknownCancelReason, |s: &str| {
+    UnknownCancelReason(s.to_owned())
+});
 
 // ---------------------------------------------------------------------------------------------
 // State, events, commands

@@ -1,8 +1,6 @@
 //! Payment rules, free of I/O: the states of a payment and what a repeated request or a
 //! refund request does in each.
 
-use std::{fmt, str::FromStr};
-
 /// Where a payment stands. `Pending` only while a slow provider has not answered yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PaymentStatus {
@@ -30,22 +28,9 @@ impl PaymentStatus {
     }
 }
 
-impl fmt::Display for PaymentStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for PaymentStatus {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| format!("unknown payment status {s:?}"))
-    }
-}
+shop_platform::named_variants!(PaymentStatus, String, |s: &str| format!(
+    "unknown payment status {s:?}"
+));
 
 /// What a repeated `payment.requested` answers for an order that already has a payment.
 #[derive(Clone, Debug, PartialEq, Eq)]

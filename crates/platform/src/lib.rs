@@ -34,3 +34,28 @@ pub mod topology;
 pub mod validation;
 
 pub use envelope::{Envelope, Event};
+
+/// `Display` and `FromStr` for an enum that is stored and shown as the strings of its
+/// `as_str` (a status, a reason, a kind): `FromStr` accepts exactly those of its `ALL`
+/// variants and refuses any other string with the error `make_error(s)`.
+#[macro_export]
+macro_rules! named_variants {
+    ($ty:ty, $err:ty, $make_error:expr) => {
+        impl ::std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl ::std::str::FromStr for $ty {
+            type Err = $err;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::ALL
+                    .into_iter()
+                    .find(|v| v.as_str() == s)
+                    .ok_or_else(|| ($make_error)(s))
+            }
+        }
+    };
+}
