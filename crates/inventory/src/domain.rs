@@ -161,6 +161,10 @@ pub enum AdjustmentError {
     BlankReason,
     #[error("must be at most {MAX_REASON_CHARS} characters")]
     ReasonTooLong,
+    /// Control characters (NUL among them, which PostgreSQL cannot store in text) or
+    /// bidirectional controls.
+    #[error("must not contain control or bidirectional control characters")]
+    ReasonUnprintable,
 }
 
 impl AdjustmentError {
@@ -168,7 +172,9 @@ impl AdjustmentError {
     pub fn field(&self) -> &'static str {
         match self {
             AdjustmentError::ZeroDelta | AdjustmentError::DeltaTooLarge => "delta",
-            AdjustmentError::BlankReason | AdjustmentError::ReasonTooLong => "reason",
+            AdjustmentError::BlankReason
+            | AdjustmentError::ReasonTooLong
+            | AdjustmentError::ReasonUnprintable => "reason",
         }
     }
 }
@@ -188,6 +194,11 @@ impl Adjustment {
         }
         if reason.chars().count() > MAX_REASON_CHARS {
             return Err(AdjustmentError::ReasonTooLong);
+        }
+        if reason.chars().any(char::is_control)
+            || shop_platform::validation::has_bidi_controls(reason)
+        {
+            return Err(AdjustmentError::ReasonUnprintable);
         }
         Ok(Adjustment {
             delta,
@@ -299,6 +310,17 @@ mod tests {
             assert_eq!(s.as_str().parse::<ReservationStatus>().unwrap(), s);
         }
         assert!("lost".parse::<ReservationStatus>().is_err());
+    }
+
+    #[test]
+    fn unprintable_reasons_are_refused() {
+        for reason in ["a\u{0}b", "tab\tbed", "x\u{202E}y"] {
+            assert_eq!(
+                Adjustment::parse(1, reason),
+                Err(AdjustmentError::ReasonUnprintable),
+                "{reason:?}"
+            );
+        }
     }
 
     #[test]

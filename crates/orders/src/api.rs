@@ -27,7 +27,7 @@ pub struct PlaceOrder {
     #[schema(
         min_length = 1,
         max_length = 100,
-        pattern = r"\S",
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*\S[^\u0000-\u001f\u007f-\u009f]*$",
         example = "tok_visa"
     )]
     pub payment_token: String,

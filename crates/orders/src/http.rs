@@ -86,6 +86,13 @@ fn validate(body: &PlaceOrder) -> Result<(), ApiError> {
             "must be 1 to 100 characters",
         ));
     }
+    if token.chars().any(char::is_control) {
+        // NUL among them, which PostgreSQL cannot store in text.
+        return Err(ApiError::validation(
+            "payment_token",
+            "must not contain control characters",
+        ));
+    }
     Ok(())
 }
 
