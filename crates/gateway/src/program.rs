@@ -11,7 +11,7 @@ use clap::Args;
 use serde_json::{Map, Value};
 use shop_platform::{
     health::Check,
-    service::{Context, Parts, Program},
+    service::{Context, Identify, Parts, Program},
     session::SessionSettings,
     topology::Identity,
 };
@@ -62,10 +62,6 @@ pub struct Gateway {
 
 #[async_trait]
 impl Program for Gateway {
-    fn identity(&self) -> &'static Identity {
-        &IDENTITY
-    }
-
     async fn build(&self, ctx: &Context) -> anyhow::Result<Parts> {
         let timeout = Duration::from_secs(ctx.config.http_timeout_secs);
         let http = reqwest::Client::builder()
@@ -114,6 +110,12 @@ impl Program for Gateway {
             checks,
             ..Default::default()
         })
+    }
+}
+
+impl Identify for Gateway {
+    fn identity(&self) -> &'static Identity {
+        &IDENTITY
     }
 }
 

@@ -4,11 +4,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use shop_platform::{
-    Event as _, events,
+    Event as _,
+    events::NotificationSent,
     service::{Context, Parts, Program},
-    topology::Identity,
 };
-use sqlx::migrate::Migrator;
 
 use crate::{
     handlers::{self, NotificationsHandler},
@@ -16,17 +15,11 @@ use crate::{
     sender::{LogSender, Sender},
 };
 
-/// The schema's migrations, embedded at build time.
-pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
-
-/// Who the notifications service is: it tells users about their orders and welcomes them.
-pub static IDENTITY: Identity = Identity::service(
-    "notifications",
-    8086,
-    &MIGRATOR,
-    handlers::HANDLED,
-    &[events::NotificationSent::TYPE],
-);
+shop_platform::service! {
+    /// Who the notifications service is: it tells users about their orders and welcomes them.
+    Notifications: "notifications" on port 8086,
+    consumes handlers::HANDLED, publishes &[NotificationSent::TYPE]
+}
 
 /// The notifications program, sending through `sender`.
 pub struct Notifications {
@@ -44,10 +37,6 @@ impl Default for Notifications {
 
 #[async_trait]
 impl Program for Notifications {
-    fn identity(&self) -> &'static Identity {
-        &IDENTITY
-    }
-
     async fn build(&self, ctx: &Context) -> anyhow::Result<Parts> {
         Ok(Parts {
             router: http::router(ctx.pool().clone()),

@@ -4,26 +4,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use clap::Args;
-use shop_platform::{
-    service::{Context, Parts, Program},
-    topology::Identity,
-};
-use sqlx::migrate::Migrator;
+use shop_platform::service::{Context, Parts, Program};
 use tokio::sync::broadcast;
 
 use crate::{handlers, http, messages};
 
-/// The schema's migrations, embedded at build time.
-pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
-
-/// Who the orders service is: the saga's orchestrator, hearing from inventory and payments.
-pub static IDENTITY: Identity = Identity::service(
-    "orders",
-    8084,
-    &MIGRATOR,
-    messages::CONSUMES,
-    messages::PUBLISHES,
-);
+shop_platform::service! {
+    /// Who the orders service is: the saga's orchestrator, hearing from inventory and payments.
+    Orders: "orders" on port 8084, consumes messages::CONSUMES, publishes messages::PUBLISHES
+}
 
 /// The program whose internal price list orders reads when it places an order.
 pub const PRICES_FROM: &str = "products";
@@ -53,10 +42,6 @@ pub struct Orders {
 
 #[async_trait]
 impl Program for Orders {
-    fn identity(&self) -> &'static Identity {
-        &IDENTITY
-    }
-
     async fn build(&self, ctx: &Context) -> anyhow::Result<Parts> {
         let pool = ctx.pool().clone();
         let deadline = self.settings.saga_deadline();

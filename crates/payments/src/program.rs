@@ -6,11 +6,10 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use clap::Args;
 use shop_platform::{
-    Event as _, events,
+    Event as _,
+    events::{PaymentFailed, PaymentRefunded, PaymentSucceeded},
     service::{Context, Parts, Program},
-    topology::Identity,
 };
-use sqlx::migrate::Migrator;
 
 use crate::{
     capture,
@@ -22,21 +21,11 @@ use crate::{
 /// How much later than the saga's deadline `tok_timeout` answers.
 pub const TIMEOUT_TOKEN_MARGIN: Duration = Duration::from_secs(2);
 
-/// The schema's migrations, embedded at build time.
-pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
-
-/// Who the payments service is: it charges and refunds as the saga asks.
-pub static IDENTITY: Identity = Identity::service(
-    "payments",
-    8085,
-    &MIGRATOR,
-    handlers::HANDLED,
-    &[
-        events::PaymentSucceeded::TYPE,
-        events::PaymentFailed::TYPE,
-        events::PaymentRefunded::TYPE,
-    ],
-);
+shop_platform::service! {
+    /// Who the payments service is: it charges and refunds as the saga asks.
+    Payments: "payments" on port 8085, consumes handlers::HANDLED,
+    publishes &[PaymentSucceeded::TYPE, PaymentFailed::TYPE, PaymentRefunded::TYPE]
+}
 
 /// The payments service's own settings (the simulated provider's, for load tests).
 #[derive(Args, Clone, Debug)]
@@ -83,10 +72,6 @@ impl Payments {
 
 #[async_trait]
 impl Program for Payments {
-    fn identity(&self) -> &'static Identity {
-        &IDENTITY
-    }
-
     async fn build(&self, ctx: &Context) -> anyhow::Result<Parts> {
         let provider = self.provider_config()?;
         let pool = ctx.pool().clone();

@@ -112,11 +112,52 @@ pub struct Parts {
     pub tasks: Vec<JoinHandle<()>>,
 }
 
+/// Who a program is: declared once, in its own crate, by [`crate::service!`] (or by hand for
+/// a program without a schema, as the gateway).
+pub trait Identify {
+    fn identity(&self) -> &'static Identity;
+}
+
+/// Declares, once, who a service is: `MIGRATOR` (its `migrations/` directory, embedded at
+/// build time), `IDENTITY` (its name, default port, migrations and the event types it
+/// consumes and publishes, as [`Identity::service`]; `with` changes other fields) and its
+/// program type's [`Identify`].
+///
+/// ```ignore
+/// shop_platform::service! {
+///     /// Who the notifications service is: ...
+///     Notifications: "notifications" on port 8086,
+///     consumes handlers::HANDLED, publishes &[events::NotificationSent::TYPE]
+/// }
+/// ```
+#[macro_export]
+macro_rules! service {
+    (
+        $(#[$doc:meta])*
+        $program:ty: $name:literal on port $port:literal,
+        consumes $consumes:expr, publishes $publishes:expr
+        $(, with $($field:ident: $value:expr),+)? $(,)?
+    ) => {
+        /// The schema's migrations, embedded at build time.
+        pub static MIGRATOR: ::sqlx::migrate::Migrator = ::sqlx::migrate!("./migrations");
+
+        $(#[$doc])*
+        pub static IDENTITY: $crate::topology::Identity = $crate::topology::Identity {
+            $($($field: $value,)+)?
+            ..$crate::topology::Identity::service($name, $port, &MIGRATOR, $consumes, $publishes)
+        };
+
+        impl $crate::service::Identify for $program {
+            fn identity(&self) -> &'static $crate::topology::Identity {
+                &IDENTITY
+            }
+        }
+    };
+}
+
 /// One of the seven programs.
 #[async_trait]
-pub trait Program: Send + Sync + 'static {
-    /// Who it is (declared once, in its own crate).
-    fn identity(&self) -> &'static Identity;
+pub trait Program: Identify + Send + Sync + 'static {
     fn name(&self) -> &'static str {
         self.identity().name
     }

@@ -6,28 +6,18 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use clap::Args;
 use shop_platform::{
-    Event as _, events,
+    Event as _,
+    events::{ProductCreated, ProductUpdated},
     service::{Context, Parts, Program},
-    topology::Identity,
 };
-use sqlx::migrate::Migrator;
 
 use crate::{cache::ProductCache, catalog::Catalog, http};
 
-/// The schema's migrations, embedded at build time.
-pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
-
-/// Who the products service is: it consumes no events and keeps a cache.
-pub static IDENTITY: Identity = Identity {
-    uses_cache: true,
-    ..Identity::service(
-        "products",
-        8082,
-        &MIGRATOR,
-        &[],
-        &[events::ProductCreated::TYPE, events::ProductUpdated::TYPE],
-    )
-};
+shop_platform::service! {
+    /// Who the products service is: it consumes no events and keeps a cache.
+    Products: "products" on port 8082,
+    consumes &[], publishes &[ProductCreated::TYPE, ProductUpdated::TYPE], with uses_cache: true
+}
 
 /// The products service's own settings.
 #[derive(Args, Clone, Debug)]
@@ -43,10 +33,6 @@ pub struct Products {
 
 #[async_trait]
 impl Program for Products {
-    fn identity(&self) -> &'static Identity {
-        &IDENTITY
-    }
-
     async fn build(&self, ctx: &Context) -> anyhow::Result<Parts> {
         let conn = ctx
             .cache

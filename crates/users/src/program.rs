@@ -4,12 +4,12 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use clap::Args;
 use shop_platform::{
-    Event as _, events,
+    Event as _,
+    events::UserRegistered,
     service::{Context, Parts, Program},
     session::SessionSettings,
-    topology::Identity,
 };
-use sqlx::{PgPool, migrate::Migrator};
+use sqlx::PgPool;
 use tracing::{info, warn};
 
 use crate::{
@@ -19,17 +19,10 @@ use crate::{
     store,
 };
 
-/// The schema's migrations, embedded at build time.
-pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
-
-/// Who the users service is: it consumes no events.
-pub static IDENTITY: Identity = Identity::service(
-    "users",
-    8081,
-    &MIGRATOR,
-    &[],
-    &[events::UserRegistered::TYPE],
-);
+shop_platform::service! {
+    /// Who the users service is: it consumes no events.
+    Users: "users" on port 8081, consumes &[], publishes &[UserRegistered::TYPE]
+}
 
 /// The users service's own settings.
 #[derive(Args, Clone, Debug)]
@@ -58,10 +51,6 @@ const ADMIN_NAME: &str = "Administrator";
 
 #[async_trait]
 impl Program for Users {
-    fn identity(&self) -> &'static Identity {
-        &IDENTITY
-    }
-
     async fn build(&self, ctx: &Context) -> anyhow::Result<Parts> {
         let pool = ctx.pool().clone();
         let redis = ctx.redis.clone().context("the users service needs Redis")?;
