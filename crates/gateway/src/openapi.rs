@@ -113,37 +113,26 @@ impl CommonResponses {
 
 impl Modify for CommonResponses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        for item in openapi.paths.paths.values_mut() {
-            for op in [
-                &mut item.get,
-                &mut item.post,
-                &mut item.patch,
-                &mut item.put,
-                &mut item.delete,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                let mut add = |code: &str, description: &str| {
-                    op.responses
-                        .responses
-                        .entry(code.to_string())
-                        .or_insert_with(|| Self::problem(description).into());
-                };
-                add(
-                    "400",
-                    "Malformed request (JSON syntax, path or query parameters)",
-                );
-                add("422", "A field is invalid; `field` names it");
-                add("429", "Too many requests; see Retry-After");
-                add("503", "A service or server is unavailable; try again");
-                if op.request_body.is_some() {
-                    add("413", "Body larger than 64 KiB");
-                    add("415", "Content-Type is not application/json");
-                }
-                if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
-                    add("401", "Missing, unknown or expired token");
-                }
+        for op in operations(openapi) {
+            let mut add = |code: &str, description: &str| {
+                op.responses
+                    .responses
+                    .entry(code.to_string())
+                    .or_insert_with(|| Self::problem(description).into());
+            };
+            add(
+                "400",
+                "Malformed request (JSON syntax, path or query parameters)",
+            );
+            add("422", "A field is invalid; `field` names it");
+            add("429", "Too many requests; see Retry-After");
+            add("503", "A service or server is unavailable; try again");
+            if op.request_body.is_some() {
+                add("413", "Body larger than 64 KiB");
+                add("415", "Content-Type is not application/json");
+            }
+            if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                add("401", "Missing, unknown or expired token");
             }
         }
     }
@@ -159,82 +148,46 @@ impl Modify for CommonResponses {
 struct ApiDoc;
 
 /// The links between operations: which answer supplies the id another operation takes
-/// (OpenAPI `links`), so that a client, and schemathesis's stateful phase, can chain them:
-/// (operation, status, link name, target operation, target parameter, runtime expression).
-const LINKS: &[(&str, &str, &str, &str, &str, &str)] = &[
-    (
-        "create",
-        "201",
-        "GetProduct",
-        "get_one",
-        "id",
-        "$response.body#/id",
-    ),
-    (
-        "create",
-        "201",
-        "UpdateProduct",
-        "update",
-        "id",
-        "$response.body#/id",
-    ),
-    (
-        "create",
-        "201",
-        "GetStock",
-        "stock",
-        "product_id",
-        "$response.body#/id",
-    ),
-    (
-        "create",
-        "201",
-        "AdjustStock",
-        "adjust",
-        "product_id",
-        "$response.body#/id",
-    ),
-    (
-        "list",
-        "200",
-        "GetFirstProduct",
-        "get_one",
-        "id",
-        "$response.body#/items/0/id",
-    ),
-    (
-        "update",
-        "200",
-        "GetUpdatedProduct",
-        "get_one",
-        "id",
-        "$response.body#/id",
-    ),
-    (
-        "stock",
-        "200",
-        "AdjustThisStock",
-        "adjust",
-        "product_id",
-        "$response.body#/product_id",
-    ),
-    (
-        "place_order",
-        "202",
-        "GetOrder",
-        "get_order",
-        "id",
-        "$response.body#/id",
-    ),
-    (
-        "list_orders",
-        "200",
-        "GetFirstOrder",
-        "get_order",
-        "id",
-        "$response.body#/items/0/id",
-    ),
+/// (OpenAPI `links`), so that a client, and schemathesis's stateful phase, can chain them.
+/// Each is "operation status link-name target-operation target-parameter runtime-expression".
+const LINKS: &[&str] = &[
+    "create 201 GetProduct get_one id $response.body#/id",
+    "create 201 UpdateProduct update id $response.body#/id",
+    "create 201 GetStock stock product_id $response.body#/id",
+    "create 201 AdjustStock adjust product_id $response.body#/id",
+    "list 200 GetFirstProduct get_one id $response.body#/items/0/id",
+    "update 200 GetUpdatedProduct get_one id $response.body#/id",
+    "stock 200 AdjustThisStock adjust product_id $response.body#/product_id",
+    "place_order 202 GetOrder get_order id $response.body#/id",
+    "list_orders 200 GetFirstOrder get_order id $response.body#/items/0/id",
 ];
+
+/// Every operation of the document.
+fn operations(
+    openapi: &mut utoipa::openapi::OpenApi,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    openapi.paths.paths.values_mut().flat_map(|item| {
+        [
+            &mut item.get,
+            &mut item.post,
+            &mut item.patch,
+            &mut item.put,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+    })
+}
+
+/// [`LINKS`], each as its six words.
+fn links() -> impl Iterator<Item = [&'static str; 6]> {
+    LINKS.iter().map(|link| {
+        let words: Vec<_> = link.split(' ').collect();
+        words
+            .try_into()
+            .unwrap_or_else(|_| panic!("a link is six words: {link}"))
+    })
+}
 
 /// Adds [`LINKS`] to the responses they start from.
 struct Links;
@@ -242,33 +195,22 @@ struct Links;
 impl Modify for Links {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::{RefOr, extensions::Extensions, link::LinkBuilder};
-        for item in openapi.paths.paths.values_mut() {
-            for op in [
-                &mut item.get,
-                &mut item.post,
-                &mut item.patch,
-                &mut item.put,
-                &mut item.delete,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                let Some(id) = op.operation_id.clone() else {
+        for op in operations(openapi) {
+            let Some(id) = op.operation_id.clone() else {
+                continue;
+            };
+            for [from, status, name, target, parameter, expression] in links() {
+                if from != id {
                     continue;
-                };
-                for (from, status, name, target, parameter, expression) in LINKS {
-                    if *from != id {
-                        continue;
-                    }
-                    if let Some(RefOr::T(response)) = op.responses.responses.get_mut(*status) {
-                        // utoipa 5.5 writes `operation_id` as is, not as OpenAPI's
-                        // `operationId`: set the field by its OpenAPI name.
-                        let link = LinkBuilder::new()
-                            .parameter(*parameter, *expression)
-                            .extensions(Some(Extensions::from_iter([("operationId", *target)])))
-                            .build();
-                        response.links.insert((*name).to_string(), RefOr::T(link));
-                    }
+                }
+                if let Some(RefOr::T(response)) = op.responses.responses.get_mut(status) {
+                    // utoipa 5.5 writes `operation_id` as is, not as OpenAPI's
+                    // `operationId`: set the field by its OpenAPI name.
+                    let link = LinkBuilder::new()
+                        .parameter(parameter, expression)
+                        .extensions(Some(Extensions::from_iter([("operationId", target)])))
+                        .build();
+                    response.links.insert(name.to_string(), RefOr::T(link));
                 }
             }
         }
@@ -351,15 +293,15 @@ mod tests {
                 .find(|o| o["operationId"] == id)
                 .unwrap_or_else(|| panic!("no operation {id}"))
         };
-        for (from, status, name, target, parameter, _) in LINKS {
+        for [from, status, name, target, parameter, _] in links() {
             let link = &by_id(from)["responses"][status]["links"][name];
-            assert_eq!(link["operationId"], *target, "{from} {status} {name}");
+            assert_eq!(link["operationId"], target, "{from} {status} {name}");
             let params = by_id(target)["parameters"]
                 .as_array()
                 .cloned()
                 .unwrap_or_default();
             assert!(
-                params.iter().any(|p| p["name"] == *parameter),
+                params.iter().any(|p| p["name"] == parameter),
                 "{target} has no parameter {parameter}"
             );
         }

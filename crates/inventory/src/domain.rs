@@ -306,10 +306,7 @@ mod tests {
 
     #[test]
     fn statuses_round_trip() {
-        for s in ReservationStatus::ALL {
-            assert_eq!(s.as_str().parse::<ReservationStatus>().unwrap(), s);
-        }
-        assert!("lost".parse::<ReservationStatus>().is_err());
+        shop_platform::testkit::assert_named_variants(&ReservationStatus::ALL);
     }
 
     #[test]

@@ -47,18 +47,20 @@ pub struct HistoryEntry {
 }
 
 /// An order and how it got where it is.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq, sqlx::FromRow)]
 pub struct OrderView {
     pub id: Uuid,
     /// PENDING, AWAITING_PAYMENT, CONFIRMED, COMPENSATING or CANCELLED.
     pub status: String,
     /// out_of_stock, payment_failed or timeout, when cancelled.
     pub cancel_reason: Option<String>,
+    #[sqlx(json)]
     pub items: Vec<OrderLineView>,
     pub total_cents: i64,
     pub currency: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    #[sqlx(json)]
     pub history: Vec<HistoryEntry>,
 }
 

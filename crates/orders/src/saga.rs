@@ -377,30 +377,10 @@ pub fn decide(state: &SagaState, event: &SagaEvent) -> Transition {
             vec![Command::RequestPayment],
         ),
         // Rule 2.
-        (Pending, SagaEvent::StockRejected) => {
-            let reason = CancelReason::OutOfStock;
-            Transition::to(
-                SagaState {
-                    status: Cancelled,
-                    cancel_reason: Some(reason),
-                    stock_reserved: false,
-                    ..state.clone()
-                },
-                vec![Command::Cancel(reason)],
-            )
-        }
+        (Pending, SagaEvent::StockRejected) => cancel(state, CancelReason::OutOfStock),
         // Rule 3.
         (Compensating, SagaEvent::StockReleased) => {
-            let reason = state.cancel_reason.unwrap_or(CancelReason::Timeout);
-            Transition::to(
-                SagaState {
-                    status: Cancelled,
-                    cancel_reason: Some(reason),
-                    stock_reserved: false,
-                    ..state.clone()
-                },
-                vec![Command::Cancel(reason)],
-            )
+            cancel(state, state.cancel_reason.unwrap_or(CancelReason::Timeout))
         }
         // Rules 5 to 9.
         (_, SagaEvent::PaymentSucceeded { payment_id }) => payment_succeeded(state, *payment_id),
@@ -434,6 +414,17 @@ pub fn decide(state: &SagaState, event: &SagaEvent) -> Transition {
         // Rule 4 and everything else that does not apply.
         _ => Transition::ignored(state),
     }
+}
+
+/// Rules 2 and 3: the order is cancelled for `reason`, its stock no longer held.
+fn cancel(state: &SagaState, reason: CancelReason) -> Transition {
+    let cancelled = SagaState {
+        status: OrderStatus::Cancelled,
+        cancel_reason: Some(reason),
+        stock_reserved: false,
+        ..state.clone()
+    };
+    Transition::to(cancelled, vec![Command::Cancel(reason)])
 }
 
 /// Rules 11, 12 and 6: ask inventory to release the stock and wait for it.
@@ -739,6 +730,20 @@ mod tests {
 
     // ---- strings and serde --------------------------------------------------------------
 
+    /// `value` is `text` when displayed, parsed and (as a JSON string) serialised.
+    fn assert_string_forms<T>(value: T, text: &str)
+    where
+        T: std::fmt::Display + std::str::FromStr + Serialize + serde::de::DeserializeOwned,
+        T: PartialEq + std::fmt::Debug,
+        T::Err: std::fmt::Debug,
+    {
+        assert_eq!(value.to_string(), text);
+        assert_eq!(text.parse::<T>().unwrap(), value);
+        let json = format!("\"{text}\"");
+        assert_eq!(serde_json::to_string(&value).unwrap(), json);
+        assert_eq!(serde_json::from_str::<T>(&json).unwrap(), value);
+    }
+
     #[test]
     fn status_strings_parse_and_serde_agree() {
         let expected = [
@@ -750,16 +755,7 @@ mod tests {
         ];
         for (status, text) in expected {
             assert_eq!(status.as_str(), text);
-            assert_eq!(status.to_string(), text);
-            assert_eq!(text.parse::<OrderStatus>(), Ok(status));
-            assert_eq!(
-                serde_json::to_string(&status).unwrap(),
-                format!("\"{text}\"")
-            );
-            assert_eq!(
-                serde_json::from_str::<OrderStatus>(&format!("\"{text}\"")).unwrap(),
-                status
-            );
+            assert_string_forms(status, text);
         }
         assert_eq!(
             "pending".parse::<OrderStatus>(),
@@ -787,16 +783,7 @@ mod tests {
         ];
         for (reason, text) in expected {
             assert_eq!(reason.as_str(), text);
-            assert_eq!(reason.to_string(), text);
-            assert_eq!(text.parse::<CancelReason>(), Ok(reason));
-            assert_eq!(
-                serde_json::to_string(&reason).unwrap(),
-                format!("\"{text}\"")
-            );
-            assert_eq!(
-                serde_json::from_str::<CancelReason>(&format!("\"{text}\"")).unwrap(),
-                reason
-            );
+            assert_string_forms(reason, text);
             assert!(!reason.describe().is_empty());
             assert!(!reason.describe().contains('_'));
         }
@@ -850,59 +837,57 @@ mod tests {
 
     // ---- one test per rule --------------------------------------------------------------
 
+    /// What a rule test states about a transition, in one line: whether it changed, the
+    /// status, the cancel reason, the commands and the deadline.
+    fn outcome(t: &Transition) -> String {
+        let changed = if t.changed { "changed" } else { "unchanged" };
+        let s = &t.state;
+        let reason = s.cancel_reason;
+        format!(
+            "{changed} {:?} {reason:?} {:?} {:?}",
+            s.status, t.commands, t.deadline
+        )
+    }
+
     #[test]
     fn rule_pending_stock_reserved_requests_payment() {
         let t = decide(&SagaState::new(), &SagaEvent::StockReserved);
-        assert!(t.changed);
-        assert_eq!(t.state.status, AwaitingPayment);
+        let expected = "changed AwaitingPayment None [RequestPayment] Some(Payment)";
+        assert_eq!(outcome(&t), expected);
         assert!(t.state.stock_reserved);
-        assert_eq!(t.commands, vec![Command::RequestPayment]);
-        assert_eq!(t.deadline, Some(Wait::Payment));
     }
 
     #[test]
     fn rule_pending_stock_rejected_cancels_out_of_stock() {
         let t = decide(&SagaState::new(), &SagaEvent::StockRejected);
-        assert!(t.changed);
-        assert_eq!(t.state.status, Cancelled);
-        assert_eq!(t.state.cancel_reason, Some(OutOfStock));
+        let expected = "changed Cancelled Some(OutOfStock) [Cancel(OutOfStock)] None";
+        assert_eq!(outcome(&t), expected);
         assert!(!t.state.stock_reserved);
-        assert_eq!(t.commands, vec![Command::Cancel(OutOfStock)]);
-        assert_eq!(t.deadline, None);
     }
 
     #[test]
     fn rule_awaiting_payment_succeeded_confirms() {
         let t = decide(&awaiting_payment(), &paid(P1));
-        assert!(t.changed);
-        assert_eq!(t.state.status, Confirmed);
+        assert_eq!(outcome(&t), "changed Confirmed None [Confirm] None");
         assert_eq!(t.state.payment_id, Some(pid(P1)));
         assert!(!t.state.refund_requested);
-        assert_eq!(t.commands, vec![Command::Confirm]);
-        assert_eq!(t.deadline, None);
     }
 
     #[test]
     fn rule_awaiting_payment_failed_starts_compensation() {
         let t = decide(&awaiting_payment(), &SagaEvent::PaymentFailed);
-        assert!(t.changed);
-        assert_eq!(t.state.status, Compensating);
-        assert_eq!(t.state.cancel_reason, Some(PaymentFailed));
+        let expected = "changed Compensating Some(PaymentFailed) [ReleaseStock] Some(Release)";
+        assert_eq!(outcome(&t), expected);
         assert!(t.state.stock_reserved, "still held until released");
-        assert_eq!(t.commands, vec![Command::ReleaseStock]);
-        assert_eq!(t.deadline, Some(Wait::Release));
     }
 
     #[test]
     fn rule_compensating_stock_released_cancels_keeping_reason() {
         for reason in [PaymentFailed, Timeout] {
             let t = decide(&compensating(reason), &SagaEvent::StockReleased);
-            assert!(t.changed);
-            assert_eq!(t.state.status, Cancelled);
-            assert_eq!(t.state.cancel_reason, Some(reason));
+            let expected = format!("changed Cancelled Some({reason:?}) [Cancel({reason:?})] None");
+            assert_eq!(outcome(&t), expected);
             assert!(!t.state.stock_reserved);
-            assert_eq!(t.commands, vec![Command::Cancel(reason)]);
-            assert_eq!(t.deadline, None);
         }
     }
 
@@ -933,23 +918,12 @@ mod tests {
     }
 
     #[test]
-    fn rule_pending_deadline_compensates_with_timeout() {
-        let t = decide(&SagaState::new(), &SagaEvent::DeadlinePassed);
-        assert!(t.changed);
-        assert_eq!(t.state.status, Compensating);
-        assert_eq!(t.state.cancel_reason, Some(Timeout));
-        assert_eq!(t.commands, vec![Command::ReleaseStock]);
-        assert_eq!(t.deadline, Some(Wait::Release));
-    }
-
-    #[test]
-    fn rule_awaiting_payment_deadline_compensates_with_timeout() {
-        let t = decide(&awaiting_payment(), &SagaEvent::DeadlinePassed);
-        assert!(t.changed);
-        assert_eq!(t.state.status, Compensating);
-        assert_eq!(t.state.cancel_reason, Some(Timeout));
-        assert_eq!(t.commands, vec![Command::ReleaseStock]);
-        assert_eq!(t.deadline, Some(Wait::Release));
+    fn rule_pending_or_awaiting_payment_deadline_compensates_with_timeout() {
+        for state in [SagaState::new(), awaiting_payment()] {
+            let t = decide(&state, &SagaEvent::DeadlinePassed);
+            let expected = "changed Compensating Some(Timeout) [ReleaseStock] Some(Release)";
+            assert_eq!(outcome(&t), expected, "{state:?}");
+        }
     }
 
     #[test]
@@ -967,15 +941,18 @@ mod tests {
         }
     }
 
+    /// The transition took payment `n` and asks for its refund, not yet refunded.
+    fn assert_refund_requested(t: &Transition, n: u128) {
+        assert_eq!(t.state.payment_id, Some(pid(n)));
+        assert!(t.state.refund_requested && !t.state.refunded);
+        assert_eq!(t.commands, vec![refund(n)]);
+    }
+
     #[test]
     fn rule_late_payment_while_compensating_is_refunded_release_wait_first() {
-        let state = compensating(Timeout);
-        let t = decide(&state, &paid(P1));
-        assert!(t.changed);
-        assert_eq!(t.state.status, Compensating);
-        assert_eq!(t.state.payment_id, Some(pid(P1)));
-        assert!(t.state.refund_requested && !t.state.refunded);
-        assert_eq!(t.commands, vec![refund(P1)]);
+        let t = decide(&compensating(Timeout), &paid(P1));
+        assert!(t.changed && t.state.status == Compensating);
+        assert_refund_requested(&t, P1);
         assert_eq!(t.deadline, Some(Wait::Release));
     }
 
@@ -983,12 +960,9 @@ mod tests {
     fn rule_late_payment_when_cancelled_is_refunded() {
         for reason in [OutOfStock, PaymentFailed, Timeout] {
             let t = decide(&cancelled(reason), &paid(P1));
-            assert!(t.changed);
-            assert_eq!(t.state.status, Cancelled);
+            assert!(t.changed && t.state.status == Cancelled);
             assert_eq!(t.state.cancel_reason, Some(reason));
-            assert_eq!(t.state.payment_id, Some(pid(P1)));
-            assert!(t.state.refund_requested && !t.state.refunded);
-            assert_eq!(t.commands, vec![refund(P1)]);
+            assert_refund_requested(&t, P1);
             assert_eq!(t.deadline, Some(Wait::Refund));
         }
     }
@@ -1050,11 +1024,8 @@ mod tests {
     #[test]
     fn rule_pending_payment_succeeded_is_refunded_keeping_pending() {
         let t = decide(&SagaState::new(), &paid(P1));
-        assert!(t.changed);
-        assert_eq!(t.state.status, Pending);
-        assert_eq!(t.state.payment_id, Some(pid(P1)));
-        assert!(t.state.refund_requested && !t.state.refunded);
-        assert_eq!(t.commands, vec![refund(P1)]);
+        assert!(t.changed && t.state.status == Pending);
+        assert_refund_requested(&t, P1);
         assert_eq!(t.deadline, Some(Wait::Reservation));
         // The saga then goes on as usual, and the refund is retried once cancelled.
         let t = decide(&t.state, &SagaEvent::DeadlinePassed);

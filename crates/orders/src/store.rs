@@ -6,16 +6,17 @@ use shop_platform::{
     events::{OrderCreated, OrderLine},
     outbox,
 };
-use sqlx::{PgConnection, PgPool, Row as _};
+use sqlx::{FromRow as _, PgConnection, PgPool, Row as _};
 use uuid::Uuid;
 
 use crate::{
-    api::{HistoryEntry, OrderLineView, OrderView},
+    api::OrderView,
     messages::command_event,
     saga::{OrderStatus, SagaState, Transition},
 };
 
 /// An order's saga as loaded for a transition.
+#[derive(sqlx::FromRow)]
 pub struct SagaRow {
     pub id: Uuid,
     pub user_id: Uuid,
@@ -24,6 +25,7 @@ pub struct SagaRow {
     pub payment_token: String,
     pub correlation_id: Uuid,
     pub version: i64,
+    #[sqlx(rename = "saga", json)]
     pub state: SagaState,
 }
 
@@ -110,43 +112,27 @@ async fn history(tx: &mut PgConnection, id: Uuid, status: OrderStatus) -> sqlx::
     Ok(())
 }
 
-fn saga_row(r: &sqlx::postgres::PgRow) -> sqlx::Result<SagaRow> {
-    let sqlx::types::Json(state): sqlx::types::Json<SagaState> = r.try_get("saga")?;
-    Ok(SagaRow {
-        id: r.try_get("id")?,
-        user_id: r.try_get("user_id")?,
-        total_cents: r.try_get("total_cents")?,
-        currency: r.try_get("currency")?,
-        payment_token: r.try_get("payment_token")?,
-        correlation_id: r.try_get("correlation_id")?,
-        version: r.try_get("version")?,
-        state,
-    })
-}
-
 const SAGA_COLUMNS: &str =
     "id, user_id, total_cents, currency, payment_token, correlation_id, version, saga";
 
 /// Loads an order's saga, locking the row for the transition.
 pub async fn load_for_update(tx: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<SagaRow>> {
-    let row = sqlx::query(&format!(
+    sqlx::query_as(&format!(
         "SELECT {SAGA_COLUMNS} FROM orders WHERE id = $1 FOR UPDATE"
     ))
     .bind(id)
     .fetch_optional(&mut *tx)
-    .await?;
-    row.as_ref().map(saga_row).transpose()
+    .await
 }
 
 /// Orders whose deadline has passed, locked (others skip them).
 pub async fn due(tx: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<SagaRow>> {
-    let rows = sqlx::query(&format!(
+    sqlx::query_as(&format!(
         "SELECT {SAGA_COLUMNS} FROM orders WHERE deadline_at <= now() ORDER BY deadline_at LIMIT $1 FOR UPDATE SKIP LOCKED"
     ))
     .bind(limit)
     .fetch_all(&mut *tx)
-    .await?;
-    rows.iter().map(saga_row).collect()
+    .await
 }
 
 /// Applies a transition: state, version, deadline, history, and the outbox rows of its
@@ -191,7 +177,7 @@ pub async fn apply(
 /// it is read after every placement and by every status poll.
 pub async fn view(pool: &PgPool, id: Uuid, owner: Option<Uuid>) -> sqlx::Result<Option<OrderView>> {
     let Some(r) = sqlx::query(
-        "SELECT o.user_id, o.status, o.cancel_reason, o.total_cents, o.currency, o.created_at, o.updated_at,
+        "SELECT o.id, o.user_id, o.status, o.cancel_reason, o.total_cents, o.currency, o.created_at, o.updated_at,
              (SELECT coalesce(json_agg(json_build_object('product_id', i.product_id, 'quantity', i.quantity,
                                                          'unit_price_cents', i.unit_price_cents) ORDER BY i.line), '[]')
                 FROM order_items i WHERE i.order_id = o.id) AS items,
@@ -208,19 +194,7 @@ pub async fn view(pool: &PgPool, id: Uuid, owner: Option<Uuid>) -> sqlx::Result<
     if owner.is_some_and(|o| o != r.try_get::<Uuid, _>("user_id").unwrap_or_default()) {
         return Ok(None);
     }
-    let sqlx::types::Json(items): sqlx::types::Json<Vec<OrderLineView>> = r.try_get("items")?;
-    let sqlx::types::Json(history): sqlx::types::Json<Vec<HistoryEntry>> = r.try_get("history")?;
-    Ok(Some(OrderView {
-        id,
-        status: r.try_get("status")?,
-        cancel_reason: r.try_get("cancel_reason")?,
-        items,
-        total_cents: r.try_get("total_cents")?,
-        currency: r.try_get("currency")?,
-        created_at: r.try_get("created_at")?,
-        updated_at: r.try_get("updated_at")?,
-        history,
-    }))
+    OrderView::from_row(&r).map(Some)
 }
 
 /// The id of a user's order with that idempotency key, and the fingerprint of the request

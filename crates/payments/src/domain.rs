@@ -84,10 +84,7 @@ mod tests {
 
     #[test]
     fn statuses_round_trip() {
-        for s in PaymentStatus::ALL {
-            assert_eq!(s.as_str().parse::<PaymentStatus>().unwrap(), s);
-        }
-        assert!("lost".parse::<PaymentStatus>().is_err());
+        shop_platform::testkit::assert_named_variants(&PaymentStatus::ALL);
     }
 
     #[test]

@@ -39,28 +39,35 @@ pub fn document(programs: impl IntoIterator<Item = &'static Identity>) -> Value 
             }),
         );
         let channel = json!({"$ref": format!("#/channels/{event_type}")});
+        let consumed = programs.iter().any(|c| c.consumes.contains(event_type));
         for p in &programs {
-            if p.publishes.contains(event_type) {
-                operations.insert(
-                    format!("{}.send.{event_type}", p.name),
-                    json!({
-                        "action": "send",
-                        "channel": channel,
-                        "summary": format!("{} publishes {event_type} through its outbox, with publisher confirms.", p.name),
-                        "bindings": {"amqp": {"deliveryMode": 2, "mandatory": programs.iter().any(|c| c.consumes.contains(event_type))}},
-                    }),
-                );
-            }
-            if p.consumes.contains(event_type) {
-                operations.insert(
-                    format!("{}.receive.{event_type}", p.name),
-                    json!({
-                        "action": "receive",
-                        "channel": channel,
-                        "summary": format!("{} consumes {event_type} from its queue `{}` (manual acks, inbox).", p.name, p.name),
-                        "bindings": {"amqp": {"ack": true}},
-                    }),
-                );
+            let roles = [
+                (
+                    p.publishes,
+                    "send",
+                    format!(
+                        "{} publishes {event_type} through its outbox, with publisher confirms.",
+                        p.name
+                    ),
+                    json!({"amqp": {"deliveryMode": 2, "mandatory": consumed}}),
+                ),
+                (
+                    p.consumes,
+                    "receive",
+                    format!(
+                        "{} consumes {event_type} from its queue `{}` (manual acks, inbox).",
+                        p.name, p.name
+                    ),
+                    json!({"amqp": {"ack": true}}),
+                ),
+            ];
+            for (types, action, summary, bindings) in roles {
+                if types.contains(event_type) {
+                    operations.insert(
+                        format!("{}.{action}.{event_type}", p.name),
+                        json!({"action": action, "channel": channel, "summary": summary, "bindings": bindings}),
+                    );
+                }
             }
         }
     }

@@ -7,13 +7,13 @@
 use chrono::{DateTime, Utc};
 use lapin::{
     BasicProperties,
-    options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions},
+    options::{BasicAckOptions, BasicGetOptions},
     types::{AMQPValue, FieldTable},
 };
 use serde::Serialize;
 
 use crate::{
-    amqp::{Broker, H_ATTEMPTS, H_DEAD_AT, H_QUEUE, H_REASON, header_int, header_str},
+    amqp::{self, Broker, H_ATTEMPTS, H_DEAD_AT, H_QUEUE, H_REASON, header_int, header_str},
     bus::PublishError,
 };
 
@@ -111,18 +111,8 @@ pub async fn list(broker: &Broker, service: Option<&str>) -> anyhow::Result<Vec<
     for svc in all.into_iter().filter(|s| service.is_none_or(|x| x == *s)) {
         let ch = broker.channel().await?;
         let dlq = broker.names().dead_letter_queue(svc);
-        let declared = ch
-            .queue_declare(
-                dlq.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        let count = match declared {
-            Ok(q) => q.message_count(),
+        let count = match amqp::depth(&ch, dlq.as_str()).await {
+            Ok(count) => count,
             // Not declared yet: the service never ran in this namespace, so nothing is in it.
             Err(e) if is_not_found(&e) => continue,
             Err(e) => return Err(e.into()),
@@ -165,17 +155,7 @@ pub async fn replay(
 ) -> anyhow::Result<usize> {
     let ch = broker.channel().await?;
     let dlq = broker.names().dead_letter_queue(service);
-    let count = ch
-        .queue_declare(
-            dlq.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?
-        .message_count();
+    let count = amqp::depth(&ch, dlq.as_str()).await?;
     let mut replayed = 0;
     for _ in 0..count {
         let Some(m) = ch

@@ -84,152 +84,41 @@ events! {
 /// One envelope of every type of the catalogue, for tests (in the catalogue's order).
 #[cfg(any(test, feature = "testkit"))]
 pub fn samples() -> Vec<Envelope> {
+    use serde_json::json;
     let id = Uuid::now_v7();
+    let line = json!([{"product_id": id, "quantity": 2, "unit_price_cents": 100}]);
     vec![
-        Envelope::new(
-            id,
-            &UserRegistered {
-                user_id: id,
-                email: "a@b.c".into(),
-                name: "A".into(),
-            },
-            id,
-            id,
-        ),
-        Envelope::new(
-            id,
-            &ProductCreated {
-                product_id: id,
-                sku: "S".into(),
-                name: "N".into(),
-                price_cents: 5,
-                currency: "EUR".into(),
-                initial_stock: 3,
-            },
-            id,
-            id,
-        ),
-        Envelope::new(
-            id,
-            &ProductUpdated {
-                product_id: id,
-                name: "N".into(),
-                description: "D".into(),
-                price_cents: 1,
-            },
-            id,
-            id,
-        ),
-        Envelope::new(
-            id,
-            &OrderCreated {
-                order_id: id,
-                user_id: id,
-                items: vec![OrderLine {
-                    product_id: id,
-                    quantity: 2,
-                    unit_price_cents: 100,
-                }],
-                total_cents: 200,
-                currency: "EUR".into(),
-            },
-            id,
-            id,
-        ),
-        Envelope::new(id, &StockReserved { order_id: id }, id, id),
-        Envelope::new(
-            id,
-            &StockRejected {
-                order_id: id,
-                reason: "x".into(),
-            },
-            id,
-            id,
-        ),
-        Envelope::new(id, &StockReleaseRequested { order_id: id }, id, id),
-        Envelope::new(id, &StockReleased { order_id: id }, id, id),
-        Envelope::new(
-            id,
-            &PaymentRequested {
-                order_id: id,
-                user_id: id,
-                amount_cents: 1,
-                currency: "EUR".into(),
-                payment_token: "tok".into(),
-            },
-            id,
-            id,
-        ),
-        Envelope::new(
-            id,
-            &PaymentSucceeded {
-                order_id: id,
-                payment_id: id,
-                amount_cents: 1,
-            },
-            id,
-            id,
-        ),
-        Envelope::new(
-            id,
-            &PaymentFailed {
-                order_id: id,
-                reason: "card_declined".into(),
-            },
-            id,
-            id,
-        ),
-        Envelope::new(
-            id,
-            &PaymentRefundRequested {
-                order_id: id,
-                payment_id: id,
-            },
-            id,
-            id,
-        ),
-        Envelope::new(
-            id,
-            &PaymentRefunded {
-                order_id: id,
-                payment_id: id,
-                amount_cents: 1,
-            },
-            id,
-            id,
-        ),
-        Envelope::new(
-            id,
-            &OrderConfirmed {
-                order_id: id,
-                user_id: id,
-                total_cents: 1,
-                currency: "EUR".into(),
-            },
-            id,
-            id,
-        ),
-        Envelope::new(
-            id,
-            &OrderCancelled {
-                order_id: id,
-                user_id: id,
-                reason: "timeout".into(),
-            },
-            id,
-            id,
-        ),
-        Envelope::new(
-            id,
-            &NotificationSent {
-                notification_id: id,
-                user_id: id,
-                kind: "k".into(),
-            },
-            id,
-            id,
-        ),
+        sample::<UserRegistered>(json!({"user_id": id, "email": "a@b.c", "name": "A"})),
+        sample::<ProductCreated>(json!({"product_id": id, "sku": "S", "name": "N",
+            "price_cents": 5, "currency": "EUR", "initial_stock": 3})),
+        sample::<ProductUpdated>(json!({"product_id": id, "name": "N", "description": "D",
+            "price_cents": 1})),
+        sample::<OrderCreated>(json!({"order_id": id, "user_id": id, "items": line,
+            "total_cents": 200, "currency": "EUR"})),
+        sample::<StockReserved>(json!({"order_id": id})),
+        sample::<StockRejected>(json!({"order_id": id, "reason": "x"})),
+        sample::<StockReleaseRequested>(json!({"order_id": id})),
+        sample::<StockReleased>(json!({"order_id": id})),
+        sample::<PaymentRequested>(json!({"order_id": id, "user_id": id, "amount_cents": 1,
+            "currency": "EUR", "payment_token": "tok"})),
+        sample::<PaymentSucceeded>(json!({"order_id": id, "payment_id": id, "amount_cents": 1})),
+        sample::<PaymentFailed>(json!({"order_id": id, "reason": "card_declined"})),
+        sample::<PaymentRefundRequested>(json!({"order_id": id, "payment_id": id})),
+        sample::<PaymentRefunded>(json!({"order_id": id, "payment_id": id, "amount_cents": 1})),
+        sample::<OrderConfirmed>(json!({"order_id": id, "user_id": id, "total_cents": 1,
+            "currency": "EUR"})),
+        sample::<OrderCancelled>(json!({"order_id": id, "user_id": id, "reason": "timeout"})),
+        sample::<NotificationSent>(json!({"notification_id": id, "user_id": id, "kind": "k"})),
     ]
+}
+
+/// An envelope of `E` around `payload`, which must be a valid `E` (or this panics).
+#[cfg(any(test, feature = "testkit"))]
+fn sample<E: Event + serde::de::DeserializeOwned>(payload: serde_json::Value) -> Envelope {
+    let event: E = serde_json::from_value(payload.clone())
+        .unwrap_or_else(|e| panic!("not a {}: {e}: {payload}", E::TYPE));
+    let id = Uuid::now_v7();
+    Envelope::new(id, &event, id, id)
 }
 
 #[cfg(test)]

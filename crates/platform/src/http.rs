@@ -409,6 +409,23 @@ async fn verified(parts: &axum::http::request::Parts) -> Result<assertion::Claim
     })
 }
 
+/// Makes a type an extractor that verifies the caller's assertion and builds the type from
+/// its subject with the given function (which refuses the wrong kind of caller).
+macro_rules! from_verified_subject {
+    ($t:ty, $from:expr) => {
+        impl<S: Send + Sync> axum::extract::FromRequestParts<S> for $t {
+            type Rejection = ApiError;
+
+            async fn from_request_parts(
+                parts: &mut axum::http::request::Parts,
+                _: &S,
+            ) -> Result<Self, Self::Rejection> {
+                $from(verified(parts).await?.sub)
+            }
+        }
+    };
+}
+
 /// The user calling, as the gateway asserted after checking their session.
 #[derive(Clone, Debug)]
 pub struct Caller {
@@ -416,25 +433,16 @@ pub struct Caller {
     pub is_admin: bool,
 }
 
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _: &S,
-    ) -> Result<Self, Self::Rejection> {
-        match verified(parts).await?.sub {
-            assertion::Subject::User { id, role } => Ok(Caller {
-                user_id: id,
-                is_admin: role == "admin",
-            }),
-            assertion::Subject::Service { name } => {
-                warn!(service = %name, "a service assertion on a user route");
-                Err(ApiError::Unauthorized)
-            }
-        }
+from_verified_subject!(Caller, |sub| match sub {
+    assertion::Subject::User { id, role } => Ok(Caller {
+        user_id: id,
+        is_admin: role == "admin",
+    }),
+    assertion::Subject::Service { name } => {
+        warn!(service = %name, "a service assertion on a user route");
+        Err(ApiError::Unauthorized)
     }
-}
+});
 
 /// Another program calling (internal routes accept only these).
 #[derive(Clone, Debug)]
@@ -442,22 +450,13 @@ pub struct ServiceCaller {
     pub name: String,
 }
 
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ServiceCaller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _: &S,
-    ) -> Result<Self, Self::Rejection> {
-        match verified(parts).await?.sub {
-            assertion::Subject::Service { name } => Ok(ServiceCaller { name }),
-            assertion::Subject::User { .. } => {
-                warn!("a user assertion on an internal route");
-                Err(ApiError::Unauthorized)
-            }
-        }
+from_verified_subject!(ServiceCaller, |sub| match sub {
+    assertion::Subject::Service { name } => Ok(ServiceCaller { name }),
+    assertion::Subject::User { .. } => {
+        warn!("a user assertion on an internal route");
+        Err(ApiError::Unauthorized)
     }
-}
+});
 
 impl Caller {
     pub fn require_admin(&self) -> Result<(), ApiError> {

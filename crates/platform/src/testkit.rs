@@ -345,6 +345,22 @@ macro_rules! deref_to_test_service {
 }
 
 /// Sends a request and reads its answer as JSON (panicking, as a test does, if it cannot).
+/// Every variant of a [`crate::named_variants!`] enum reads back from the string it shows, and
+/// a string that is none of them is refused.
+pub fn assert_named_variants<T>(all: &[T])
+where
+    T: std::str::FromStr + std::fmt::Display + PartialEq + std::fmt::Debug,
+{
+    for v in all {
+        let text = v.to_string();
+        assert!(
+            text.parse::<T>().is_ok_and(|back| back == *v),
+            "{v:?} does not read back from {text:?}"
+        );
+    }
+    assert!("lost".parse::<T>().is_err());
+}
+
 pub async fn json_of(req: reqwest::RequestBuilder) -> serde_json::Value {
     req.send()
         .await

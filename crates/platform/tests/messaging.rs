@@ -12,11 +12,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use lapin::{
-    BasicProperties,
-    options::{BasicPublishOptions, QueueDeclareOptions},
-    types::FieldTable,
-};
+use lapin::{BasicProperties, options::BasicPublishOptions};
 use shop_platform::testkit::{Proxy, TestEnv, eventually};
 use shop_platform::{
     Envelope, Event as _,
@@ -176,18 +172,10 @@ impl Harness {
 
     async fn queue_depth(&self) -> u32 {
         let ch = self.broker.channel().await.unwrap();
-        let q = ch
-            .queue_declare(
-                self.broker.names().queue(SVC).as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        let queue = self.broker.names().queue(SVC);
+        shop_platform::amqp::depth(&ch, queue.as_str())
             .await
-            .unwrap();
-        q.message_count()
+            .unwrap()
     }
 
     async fn publish_raw(&self, body: &[u8], routing_key: &str) {

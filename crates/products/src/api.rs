@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// A product of the catalogue. Also the JSON kept in the Redis cache.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, ToSchema, sqlx::FromRow)]
 pub struct Product {
     pub id: Uuid,
     #[schema(example = "MUG-001")]

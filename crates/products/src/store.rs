@@ -6,7 +6,7 @@ use shop_platform::{
     events::{ProductCreated, ProductUpdated},
     outbox,
 };
-use sqlx::{PgConnection, PgPool, Row as _, postgres::PgRow};
+use sqlx::{FromRow as _, PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::{
@@ -25,19 +25,6 @@ pub enum CreateError {
     SkuTaken,
     #[error(transparent)]
     Db(#[from] sqlx::Error),
-}
-
-fn product(row: &PgRow) -> sqlx::Result<Product> {
-    Ok(Product {
-        id: row.try_get("id")?,
-        sku: row.try_get("sku")?,
-        name: row.try_get("name")?,
-        description: row.try_get("description")?,
-        price_cents: row.try_get("price_cents")?,
-        currency: row.try_get("currency")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
 }
 
 /// Inserts a product unless its sku exists; on insert, its `product.created` event goes
@@ -61,7 +48,7 @@ pub async fn insert(
     .fetch_optional(&mut *tx)
     .await?;
     let Some(row) = row else { return Ok(None) };
-    let p = product(&row)?;
+    let p = Product::from_row(&row)?;
     let event = ProductCreated {
         product_id: p.id,
         sku: p.sku.clone(),
@@ -113,7 +100,7 @@ pub async fn update(
     .fetch_optional(&mut *tx)
     .await?;
     let Some(row) = row else { return Ok(None) };
-    let p = product(&row)?;
+    let p = Product::from_row(&row)?;
     let event = ProductUpdated {
         product_id: p.id,
         name: p.name.clone(),
@@ -128,27 +115,21 @@ pub async fn update(
 
 /// The products among `ids` (unknown ids are left out), in no particular order.
 pub async fn get_many(pool: &PgPool, ids: &[Uuid]) -> sqlx::Result<Vec<Product>> {
-    sqlx::query(&format!(
+    sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM products WHERE id = ANY($1)"
     ))
     .bind(ids)
     .fetch_all(pool)
-    .await?
-    .iter()
-    .map(product)
-    .collect()
+    .await
 }
 
 /// Up to `limit` products after `after`, in id (= creation) order.
 pub async fn page(pool: &PgPool, after: Option<Uuid>, limit: i64) -> sqlx::Result<Vec<Product>> {
-    sqlx::query(&format!(
+    sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM products WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2"
     ))
     .bind(after)
     .bind(limit)
     .fetch_all(pool)
-    .await?
-    .iter()
-    .map(product)
-    .collect()
+    .await
 }

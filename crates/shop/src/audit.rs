@@ -255,24 +255,15 @@ pub async fn run(
                     .map(|i| (names.retry_queue(svc, i), format!("retry queue {i}"))),
             );
             for (queue, what) in queues {
-                let q = ch
-                    .queue_declare(
-                        queue.as_str().into(),
-                        lapin::options::QueueDeclareOptions {
-                            passive: true,
-                            ..Default::default()
-                        },
-                        Default::default(),
-                    )
+                let waiting = shop_platform::amqp::depth(&ch, queue.as_str())
                     .await
                     .with_context(|| format!("looking at queue {queue}"))?;
-                if q.message_count() > 0 {
+                if waiting > 0 {
                     r.violations.push(format!(
-                        "{} messages still waiting in {svc}'s {what}",
-                        q.message_count()
+                        "{waiting} messages still waiting in {svc}'s {what}"
                     ));
                 }
-                r.queued_messages += u64::from(q.message_count());
+                r.queued_messages += u64::from(waiting);
             }
         }
         let _ = ch.close(200, "audit".into()).await;

@@ -65,14 +65,14 @@ impl ApiClient {
         method: Method,
         path: &str,
         token: Option<&str>,
-        body: Option<Value>,
+        body: Option<&Value>,
     ) -> anyhow::Result<Answer> {
         let mut req = self.http.request(method, self.url(path));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
         if let Some(b) = body {
-            req = req.json(&b);
+            req = req.json(b);
         }
         let resp = req
             .send()
@@ -100,13 +100,13 @@ impl ApiClient {
         name: &str,
     ) -> anyhow::Result<Answer> {
         let body = json!({"email": email, "password": password, "name": name});
-        self.call(Method::POST, "/api/auth/register", None, Some(body))
+        self.call(Method::POST, "/api/auth/register", None, Some(&body))
             .await
     }
 
     pub async fn login(&self, email: &str, password: &str) -> anyhow::Result<Answer> {
         let body = json!({"email": email, "password": password});
-        self.call(Method::POST, "/api/auth/login", None, Some(body))
+        self.call(Method::POST, "/api/auth/login", None, Some(&body))
             .await
     }
 
@@ -118,7 +118,7 @@ impl ApiClient {
             "price_cents": p.price_cents,
             "initial_stock": p.initial_stock,
         });
-        self.call(Method::POST, "/api/products", Some(admin), Some(body))
+        self.call(Method::POST, "/api/products", Some(admin), Some(&body))
             .await
     }
 
@@ -145,7 +145,7 @@ impl ApiClient {
             .map(|(p, q)| json!({"product_id": p, "quantity": q}))
             .collect();
         let body = json!({"items": items, "payment_token": payment_token});
-        self.call(Method::POST, "/api/orders", Some(token), Some(body))
+        self.call(Method::POST, "/api/orders", Some(token), Some(&body))
             .await
     }
 

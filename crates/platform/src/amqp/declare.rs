@@ -21,6 +21,34 @@ fn queue_type_args(cfg: &BrokerConfig) -> FieldTable {
     args
 }
 
+/// A queue's arguments: messages live `ttl_ms`, then go (by the default exchange) to `target`.
+fn expiring_into(cfg: &BrokerConfig, ttl_ms: u64, target: &str) -> FieldTable {
+    let mut args = queue_type_args(cfg);
+    args.insert("x-message-ttl".into(), long(ttl_ms));
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(target.into()),
+    );
+    args
+}
+
+/// The number of messages ready in `queue`, without declaring it (an error if it does not
+/// exist; the channel is then closed by the broker).
+pub async fn depth(ch: &Channel, queue: &str) -> Result<u32, lapin::Error> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let q = ch
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await?;
+    Ok(q.message_count())
+}
+
 /// Declares the exchange and, for every consuming service, its queue (TTL, dead-letter to its
 /// DLQ), its DLQ, its retry delay queues, and its bindings. Idempotent.
 pub async fn declare_topology(ch: &Channel, cfg: &BrokerConfig) -> anyhow::Result<()> {
@@ -43,16 +71,7 @@ pub async fn declare_topology(ch: &Channel, cfg: &BrokerConfig) -> anyhow::Resul
     for service in cfg.topology.consuming_services() {
         let queue = names.queue(service);
         let dlq = names.dead_letter_queue(service);
-        let mut args = queue_type_args(cfg);
-        args.insert("x-message-ttl".into(), long(u64::from(cfg.message_ttl_ms)));
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString("".into()),
-        );
-        args.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(dlq.as_str().into()),
-        );
+        let args = expiring_into(cfg, u64::from(cfg.message_ttl_ms), dlq.as_str());
         ch.queue_declare(queue.as_str().into(), durable, args)
             .await
             .with_context(|| format!("declaring queue {queue} (if its arguments changed, delete it or keep the old settings)"))?;
@@ -61,16 +80,7 @@ pub async fn declare_topology(ch: &Channel, cfg: &BrokerConfig) -> anyhow::Resul
             .with_context(|| format!("declaring queue {dlq}"))?;
         for (i, delay) in cfg.retry_delays.iter().enumerate() {
             let retry = names.retry_queue(service, i + 1);
-            let mut args = queue_type_args(cfg);
-            args.insert("x-message-ttl".into(), long(delay.as_millis() as u64));
-            args.insert(
-                "x-dead-letter-exchange".into(),
-                AMQPValue::LongString("".into()),
-            );
-            args.insert(
-                "x-dead-letter-routing-key".into(),
-                AMQPValue::LongString(queue.as_str().into()),
-            );
+            let args = expiring_into(cfg, delay.as_millis() as u64, queue.as_str());
             ch.queue_declare(retry.as_str().into(), durable, args)
                 .await
                 .with_context(|| format!("declaring queue {retry}"))?;

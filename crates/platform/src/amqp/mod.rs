@@ -36,7 +36,7 @@ pub mod headers;
 mod publish;
 
 pub use connection::Broker;
-pub use declare::declare_topology;
+pub use declare::{declare_topology, depth};
 pub use headers::{
     H_ATTEMPTS, H_DEAD_AT, H_LAST_ERROR, H_QUEUE, H_REASON, header_int, header_str, with_headers,
 };

@@ -284,20 +284,13 @@ impl Chaos {
     pub async fn queue_depth(&self, service: &str) -> u32 {
         let broker = self.cluster.broker().await;
         let ch = broker.channel().await.expect("channel");
-        let q = ch
-            .queue_declare(
-                broker.names().queue(service).as_str().into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
+        let queue = broker.names().queue(service);
+        let depth = shop_platform::amqp::depth(&ch, queue.as_str())
             .await
             .expect("queue exists");
         let _ = ch.close(200, "depth".into()).await;
         broker.close().await;
-        q.message_count()
+        depth
     }
 
     /// Sum of a metric (all its label sets) over every program's `/metrics`.

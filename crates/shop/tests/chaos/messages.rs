@@ -57,39 +57,31 @@ fn poison_set() -> Vec<Poison> {
             body: b"\x00\xff{not json".to_vec(),
             reason: "malformed envelope",
         });
+        // An envelope, changed by `tweak` into a poison of `kind`.
+        let tweaked = |kind: &str, reason, tweak: &dyn Fn(&mut serde_json::Value)| {
+            let env = Envelope::new(any, &StockReserved { order_id: any }, any, any);
+            Poison {
+                service,
+                id: env.id.to_string(),
+                kind: kind.into(),
+                body: envelope_bytes(&env, tweak),
+                reason,
+            }
+        };
         // An envelope from a newer version of the shop.
-        let env = Envelope::new(any, &StockReserved { order_id: any }, any, any);
-        all.push(Poison {
-            service,
-            id: env.id.to_string(),
-            kind: handled.into(),
-            body: envelope_bytes(&env, |v| {
-                v["version"] = json!(99);
-                v["type"] = json!(handled);
-            }),
-            reason: "unsupported envelope version",
-        });
+        all.push(tweaked(handled, "unsupported envelope version", &|v| {
+            v["version"] = json!(99);
+            v["type"] = json!(handled);
+        }));
         // A type nobody knows.
-        let env = Envelope::new(any, &StockReserved { order_id: any }, any, any);
-        all.push(Poison {
-            service,
-            id: env.id.to_string(),
-            kind: "bogus.happened".into(),
-            body: envelope_bytes(&env, |v| v["type"] = json!("bogus.happened")),
-            reason: "unknown event type",
-        });
+        all.push(tweaked("bogus.happened", "unknown event type", &|v| {
+            v["type"] = json!("bogus.happened")
+        }));
         // A known type whose payload does not match its schema.
-        let env = Envelope::new(any, &StockReserved { order_id: any }, any, any);
-        all.push(Poison {
-            service,
-            id: env.id.to_string(),
-            kind: handled.into(),
-            body: envelope_bytes(&env, |v| {
-                v["type"] = json!(handled);
-                v["payload"] = json!({"unexpected": true});
-            }),
-            reason: "does not match its schema",
-        });
+        all.push(tweaked(handled, "does not match its schema", &|v| {
+            v["type"] = json!(handled);
+            v["payload"] = json!({"unexpected": true});
+        }));
         // A valid event of a type this service does not handle.
         let env = Envelope::new(
             any,

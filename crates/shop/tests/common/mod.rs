@@ -265,7 +265,7 @@ impl Cluster {
     ) -> (StatusCode, Value) {
         let a = self
             .api()
-            .call(method, path, token, body)
+            .call(method, path, token, body.as_ref())
             .await
             .expect("gateway answers");
         (a.status, a.body)

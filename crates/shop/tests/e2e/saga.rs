@@ -58,12 +58,7 @@ async fn orders_confirm_decline_reject_and_never_oversell() {
     assert_eq!(seen.last().map(String::as_str), Some("CONFIRMED"), "{text}");
     let done = shop.settled(&alice, &id, SETTLE).await;
     assert_eq!(done["status"], "CONFIRMED", "{done}");
-    let statuses: Vec<&str> = done["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["status"].as_str().unwrap())
-        .collect();
+    let statuses = history(&done);
     assert_eq!(statuses, ["PENDING", "AWAITING_PAYMENT", "CONFIRMED"]);
     // Inventory turns the reservation into a sale when it sees order.confirmed.
     let shop_ref = &shop;
@@ -82,12 +77,7 @@ async fn orders_confirm_decline_reject_and_never_oversell() {
         (Some("CANCELLED"), Some("payment_failed")),
         "{done}"
     );
-    let statuses: Vec<&str> = done["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["status"].as_str().unwrap())
-        .collect();
+    let statuses = history(&done);
     assert_eq!(
         statuses,
         ["PENDING", "AWAITING_PAYMENT", "COMPENSATING", "CANCELLED"]
@@ -105,16 +95,16 @@ async fn orders_confirm_decline_reject_and_never_oversell() {
     // The same Idempotency-Key twice: one order.
     let body =
         json!({"items": [{"product_id": widget, "quantity": 1}], "payment_token": "tok_visa"});
-    let place = || {
+    let place = |token: &str, body: &serde_json::Value| {
         shop.http
             .post(format!("{}/api/orders", shop.base))
-            .bearer_auth(&alice)
+            .bearer_auth(token)
             .header("Idempotency-Key", "checkout-42")
-            .json(&body)
+            .json(body)
             .send()
     };
-    let first: serde_json::Value = place().await.unwrap().json().await.unwrap();
-    let second = place().await.unwrap();
+    let first: serde_json::Value = place(&alice, &body).await.unwrap().json().await.unwrap();
+    let second = place(&alice, &body).await.unwrap();
     assert_eq!(second.status(), StatusCode::ACCEPTED);
     let second: serde_json::Value = second.json().await.unwrap();
     assert_eq!(first["id"], second["id"]);
@@ -124,15 +114,7 @@ async fn orders_confirm_decline_reject_and_never_oversell() {
     // orders are not touched by alice's keys.
     let other =
         json!({"items": [{"product_id": widget, "quantity": 2}], "payment_token": "tok_visa"});
-    let reused = shop
-        .http
-        .post(format!("{}/api/orders", shop.base))
-        .bearer_auth(&alice)
-        .header("Idempotency-Key", "checkout-42")
-        .json(&other)
-        .send()
-        .await
-        .unwrap();
+    let reused = place(&alice, &other).await.unwrap();
     assert_eq!(reused.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let problem: serde_json::Value = reused.json().await.unwrap();
     assert_eq!(problem["type"], "urn:shop:problem:idempotency-key-reused");
@@ -140,15 +122,7 @@ async fn orders_confirm_decline_reject_and_never_oversell() {
     let (carol, _) = shop.user().await;
     let declined =
         json!({"items": [{"product_id": widget, "quantity": 1}], "payment_token": "tok_decline"});
-    let carols = shop
-        .http
-        .post(format!("{}/api/orders", shop.base))
-        .bearer_auth(&carol)
-        .header("Idempotency-Key", "checkout-42")
-        .json(&declined)
-        .send()
-        .await
-        .unwrap();
+    let carols = place(&carol, &declined).await.unwrap();
     assert_eq!(
         carols.status(),
         StatusCode::ACCEPTED,
@@ -416,4 +390,13 @@ async fn the_audit_names_every_broken_invariant() {
     }
     let _ = ch.close(200, "test".into()).await;
     broker.close().await;
+}
+
+/// The statuses an order went through, from its `history`.
+fn history(order: &serde_json::Value) -> Vec<&str> {
+    let entries = order["history"].as_array().expect("a history");
+    entries
+        .iter()
+        .map(|h| h["status"].as_str().unwrap())
+        .collect()
 }
