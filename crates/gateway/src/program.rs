@@ -35,21 +35,13 @@ pub static IDENTITY: Identity = Identity {
 #[derive(Args, Clone, Debug)]
 pub struct GatewaySettings {
     /// Requests per minute allowed to one user or IP at the gateway.
-    #[arg(
-        long,
-        env = "SHOP_RATE_LIMIT_PER_MIN",
-        default_value_t = 6000,
-        global = true
-    )]
+    #[arg(long, env = "SHOP_RATE_LIMIT_PER_MIN", global = true)]
+    #[arg(default_value_t = 6000)]
     pub rate_limit_per_min: u32,
 
     /// Login attempts per minute allowed to one IP.
-    #[arg(
-        long,
-        env = "SHOP_LOGIN_RATE_LIMIT_PER_MIN",
-        default_value_t = 30,
-        global = true
-    )]
+    #[arg(long, env = "SHOP_LOGIN_RATE_LIMIT_PER_MIN", global = true)]
+    #[arg(default_value_t = 30)]
     pub login_rate_limit_per_min: u32,
 }
 

@@ -21,12 +21,8 @@ pub const PRICES_FROM: &str = "products";
 #[derive(Args, Clone, Debug)]
 pub struct OrdersSettings {
     /// Deadline of each waiting saga state, in milliseconds; when it passes the saga compensates.
-    #[arg(
-        long,
-        env = "SHOP_SAGA_DEADLINE_MS",
-        default_value_t = 30_000,
-        global = true
-    )]
+    #[arg(long, env = "SHOP_SAGA_DEADLINE_MS", global = true)]
+    #[arg(default_value_t = 30_000)]
     pub saga_deadline_ms: u64,
 }
 

@@ -112,27 +112,28 @@ async fn history(tx: &mut PgConnection, id: Uuid, status: OrderStatus) -> sqlx::
     Ok(())
 }
 
-const SAGA_COLUMNS: &str =
-    "id, user_id, total_cents, currency, payment_token, correlation_id, version, saga";
+/// A query of the columns of [`SagaRow`] from `orders`, followed by `$rest`.
+macro_rules! saga_query {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, user_id, total_cents, currency, payment_token, correlation_id, version, saga FROM orders ",
+            $rest
+        )
+    };
+}
 
 /// Loads an order's saga, locking the row for the transition.
 pub async fn load_for_update(tx: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<SagaRow>> {
-    sqlx::query_as(&format!(
-        "SELECT {SAGA_COLUMNS} FROM orders WHERE id = $1 FOR UPDATE"
-    ))
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await
+    let query = saga_query!("WHERE id = $1 FOR UPDATE");
+    sqlx::query_as(query).bind(id).fetch_optional(tx).await
 }
 
 /// Orders whose deadline has passed, locked (others skip them).
 pub async fn due(tx: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<SagaRow>> {
-    sqlx::query_as(&format!(
-        "SELECT {SAGA_COLUMNS} FROM orders WHERE deadline_at <= now() ORDER BY deadline_at LIMIT $1 FOR UPDATE SKIP LOCKED"
-    ))
-    .bind(limit)
-    .fetch_all(&mut *tx)
-    .await
+    let query = saga_query!(
+        "WHERE deadline_at <= now() ORDER BY deadline_at LIMIT $1 FOR UPDATE SKIP LOCKED"
+    );
+    sqlx::query_as(query).bind(limit).fetch_all(tx).await
 }
 
 /// Applies a transition: state, version, deadline, history, and the outbox rows of its

@@ -31,21 +31,13 @@ shop_platform::service! {
 #[derive(Args, Clone, Debug)]
 pub struct PaymentsSettings {
     /// Share of payments the simulated provider declines at random (0.0 to 1.0), for load tests.
-    #[arg(
-        long,
-        env = "SHOP_PAYMENT_FAILURE_RATE",
-        default_value_t = 0.0,
-        global = true
-    )]
+    #[arg(long, env = "SHOP_PAYMENT_FAILURE_RATE", global = true)]
+    #[arg(default_value_t = 0.0)]
     pub payment_failure_rate: f64,
 
     /// Latency of the simulated payment provider, in milliseconds.
-    #[arg(
-        long,
-        env = "SHOP_PAYMENT_LATENCY_MS",
-        default_value_t = 0,
-        global = true
-    )]
+    #[arg(long, env = "SHOP_PAYMENT_LATENCY_MS", global = true)]
+    #[arg(default_value_t = 0)]
     pub payment_latency_ms: u64,
 }
 

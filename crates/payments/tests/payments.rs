@@ -52,6 +52,12 @@ impl Svc {
             .unwrap()
     }
 
+    /// The money report holds exactly this order's payment, in that state, of that amount.
+    async fn assert_money(&self, order_id: Uuid, status: &str, amount_cents: i64) {
+        let report = money_report(&self.env.pool).await.unwrap();
+        assert_eq!(report, [(order_id, status.to_string(), amount_cents)]);
+    }
+
     async fn status(&self, order_id: Uuid) -> Option<String> {
         self.payments(order_id).await.first().map(|p| p.1.clone())
     }
@@ -114,38 +120,27 @@ async fn an_ordinary_token_is_captured() {
         StatusCode::UNAUTHORIZED,
         "an internal route needs a service assertion"
     );
-    let resp = svc
-        .http
-        .get(svc.url(&path))
-        .header(
-            shop_platform::assertion::HEADER,
-            svc.service_assertion("orders"),
-        )
-        .send()
-        .await
-        .unwrap();
+    let as_orders = |path: String| {
+        svc.http
+            .get(svc.url(&path))
+            .header(
+                shop_platform::assertion::HEADER,
+                svc.service_assertion("orders"),
+            )
+            .send()
+    };
+    let resp = as_orders(path).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["id"], json!(payment_id));
     assert_eq!(body["status"], "captured");
     assert_eq!(body["amount_cents"], 4_250);
     assert!(body["captured_at"].is_string());
-    let resp = svc
-        .http
-        .get(svc.url(&format!("/internal/payments/{}", Uuid::now_v7())))
-        .header(
-            shop_platform::assertion::HEADER,
-            svc.service_assertion("orders"),
-        )
-        .send()
-        .await
-        .unwrap();
+    let unknown = format!("/internal/payments/{}", Uuid::now_v7());
+    let resp = as_orders(unknown).await.unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
 
-    assert_eq!(
-        money_report(&svc.env.pool).await.unwrap(),
-        [(order, "captured".to_string(), 4_250)]
-    );
+    svc.assert_money(order, "captured", 4_250).await;
     svc.stop().await;
 }
 
@@ -310,10 +305,7 @@ async fn a_refund_returns_the_money_once() {
     svc.publish(&requested(order, 2_500, "tok_visa")).await;
     svc.wait_handled(PaymentRequested::TYPE, 2).await;
     assert_eq!(svc.emitted(order).await.len(), 3);
-    assert_eq!(
-        money_report(&svc.env.pool).await.unwrap(),
-        [(order, "refunded".to_string(), 2_500)]
-    );
+    svc.assert_money(order, "refunded", 2_500).await;
     svc.stop().await;
 }
 

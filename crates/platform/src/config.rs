@@ -23,21 +23,13 @@ pub enum QueueType {
 #[derive(Args, Clone, Debug)]
 pub struct Config {
     /// RabbitMQ URL.
-    #[arg(
-        long,
-        env = "SHOP_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        global = true
-    )]
+    #[arg(long, env = "SHOP_AMQP_URL", global = true)]
+    #[arg(default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     pub amqp_url: String,
 
     /// Redis URL for sessions and rate limits (keep it on a `noeviction` server).
-    #[arg(
-        long,
-        env = "SHOP_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
-        global = true
-    )]
+    #[arg(long, env = "SHOP_REDIS_URL", global = true)]
+    #[arg(default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
 
     /// Redis URL for the product cache (may be an `allkeys-lru` server); defaults to SHOP_REDIS_URL.
@@ -45,12 +37,8 @@ pub struct Config {
     pub cache_redis_url: Option<String>,
 
     /// PostgreSQL URL; the database is created if missing, each service keeps its own schema.
-    #[arg(
-        long,
-        env = "SHOP_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/shop",
-        global = true
-    )]
+    #[arg(long, env = "SHOP_DATABASE_URL", global = true)]
+    #[arg(default_value = "postgres://postgres@127.0.0.1:5432/shop")]
     pub database_url: String,
 
     /// Prefix of every exchange, queue and Redis key (lets several shops or test runs share servers).
@@ -62,12 +50,8 @@ pub struct Config {
     pub bind: String,
 
     /// Host the gateway uses to reach the services.
-    #[arg(
-        long,
-        env = "SHOP_SERVICES_HOST",
-        default_value = "127.0.0.1",
-        global = true
-    )]
+    #[arg(long, env = "SHOP_SERVICES_HOST", global = true)]
+    #[arg(default_value = "127.0.0.1")]
     pub services_host: String,
 
     /// Per-service base URLs overriding host and port, e.g.
@@ -86,12 +70,8 @@ pub struct Config {
 
     /// Time-to-live of a message in a service queue, in milliseconds; an expired message is
     /// dead-lettered, never dropped.
-    #[arg(
-        long,
-        env = "SHOP_MESSAGE_TTL_MS",
-        default_value_t = 60_000,
-        global = true
-    )]
+    #[arg(long, env = "SHOP_MESSAGE_TTL_MS", global = true)]
+    #[arg(default_value_t = 60_000)]
     pub message_ttl_ms: u32,
 
     /// Delays between attempts of a transiently failing handler, in milliseconds; after the
@@ -118,30 +98,18 @@ pub struct Config {
     pub outbox_batch: i64,
 
     /// How long published outbox rows and processed inbox ids are kept, in hours.
-    #[arg(
-        long,
-        env = "SHOP_RETENTION_HOURS",
-        default_value_t = 168,
-        global = true
-    )]
+    #[arg(long, env = "SHOP_RETENTION_HOURS", global = true)]
+    #[arg(default_value_t = 168)]
     pub retention_hours: u32,
 
     /// Seconds a graceful stop may take before the process exits anyway.
-    #[arg(
-        long,
-        env = "SHOP_SHUTDOWN_TIMEOUT_SECS",
-        default_value_t = 15,
-        global = true
-    )]
+    #[arg(long, env = "SHOP_SHUTDOWN_TIMEOUT_SECS", global = true)]
+    #[arg(default_value_t = 15)]
     pub shutdown_timeout_secs: u64,
 
     /// Seconds an HTTP request may take before it is answered 503.
-    #[arg(
-        long,
-        env = "SHOP_HTTP_TIMEOUT_SECS",
-        default_value_t = 10,
-        global = true
-    )]
+    #[arg(long, env = "SHOP_HTTP_TIMEOUT_SECS", global = true)]
+    #[arg(default_value_t = 10)]
     pub http_timeout_secs: u64,
 
     /// Keys that sign and verify caller assertions between the programs, comma-separated,

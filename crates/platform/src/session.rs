@@ -18,12 +18,8 @@ use uuid::Uuid;
 #[derive(Args, Clone, Debug)]
 pub struct SessionSettings {
     /// Sliding lifetime of a login session, in seconds.
-    #[arg(
-        long,
-        env = "SHOP_SESSION_TTL_SECS",
-        default_value_t = 86_400,
-        global = true
-    )]
+    #[arg(long, env = "SHOP_SESSION_TTL_SECS", global = true)]
+    #[arg(default_value_t = 86_400)]
     pub session_ttl_secs: u64,
 }
 

@@ -361,6 +361,14 @@ where
     assert!("lost".parse::<T>().is_err());
 }
 
+/// The status and problem body of an error answer, checking its content type.
+pub async fn problem(r: reqwest::Response) -> (reqwest::StatusCode, serde_json::Value) {
+    let status = r.status();
+    let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(ct.starts_with("application/problem+json"), "{ct}");
+    (status, r.json().await.unwrap())
+}
+
 pub async fn json_of(req: reqwest::RequestBuilder) -> serde_json::Value {
     req.send()
         .await

@@ -129,13 +129,7 @@ pub fn product(sku: &str, price_cents: i64) -> Value {
     })
 }
 
-/// The status and problem body of an error answer, checking its content type.
-pub async fn problem(r: Response) -> (StatusCode, Value) {
-    let status = r.status();
-    let ct = r.headers()["content-type"].to_str().unwrap().to_string();
-    assert!(ct.starts_with("application/problem+json"), "{ct}");
-    (status, r.json().await.unwrap())
-}
+pub use shop_platform::testkit::problem;
 
 pub fn id_of(v: &Value) -> String {
     v["id"].as_str().unwrap().to_string()

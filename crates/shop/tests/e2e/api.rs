@@ -110,34 +110,25 @@ async fn the_public_api_is_safe_and_behaves() {
     let (user_token, _) = shop.user().await;
     let admin = shop.admin().await;
     let big = "x".repeat(70 * 1024);
-    let r = shop
-        .http
-        .post(format!("{base}/api/orders"))
-        .bearer_auth(&user_token)
-        .header("content-type", "application/json")
-        .body(format!("{{\"payment_token\":\"{big}\"}}"))
-        .send()
-        .await
-        .unwrap();
+    let post_raw = |content_type: &'static str, body: String| {
+        shop.http
+            .post(format!("{base}/api/orders"))
+            .bearer_auth(&user_token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let r = post_raw(
+        "application/json",
+        format!("{{\"payment_token\":\"{big}\"}}"),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
-    let r = shop
-        .http
-        .post(format!("{base}/api/orders"))
-        .bearer_auth(&user_token)
-        .header("content-type", "text/plain")
-        .body("hi")
-        .send()
-        .await
-        .unwrap();
+    let r = post_raw("text/plain", "hi".into()).await.unwrap();
     assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    let r = shop
-        .http
-        .post(format!("{base}/api/orders"))
-        .bearer_auth(&user_token)
-        .header("content-type", "application/json")
-        .body("{\"items\": [")
-        .send()
+    let r = post_raw("application/json", "{\"items\": [".into())
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);

@@ -114,11 +114,7 @@ async fn duplicate_email_is_a_conflict() {
     let (status, body) = problem(app.register(" BOB@example.com", PASSWORD, "Bob 2").await).await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(body["type"], "urn:shop:problem:conflict");
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
-        .fetch_one(&app.env.pool)
-        .await
-        .unwrap();
-    assert_eq!(n, 1);
+    assert_eq!(app.user_count().await, 1);
     app.stop().await;
 }
 
@@ -157,11 +153,7 @@ async fn invalid_input_is_422_naming_the_field() {
         assert_eq!(problem["type"], "urn:shop:problem:validation");
     }
     // Nothing was stored by any of them, and no role could be chosen.
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
-        .fetch_one(&app.env.pool)
-        .await
-        .unwrap();
-    assert_eq!(n, 0);
+    assert_eq!(app.user_count().await, 0);
 
     let r = app
         .http

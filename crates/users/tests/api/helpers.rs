@@ -72,6 +72,14 @@ impl App {
             .unwrap()
     }
 
+    /// How many accounts exist.
+    pub async fn user_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM users")
+            .fetch_one(&self.env.pool)
+            .await
+            .unwrap()
+    }
+
     pub async fn logout(&self, token: &str) -> Response {
         self.http
             .post(self.url("/api/auth/logout"))
@@ -82,13 +90,7 @@ impl App {
     }
 }
 
-/// The status and problem body of an error answer, checking its content type.
-pub async fn problem(r: Response) -> (StatusCode, Value) {
-    let status = r.status();
-    let ct = r.headers()["content-type"].to_str().unwrap().to_string();
-    assert!(ct.starts_with("application/problem+json"), "{ct}");
-    (status, r.json().await.unwrap())
-}
+pub use shop_platform::testkit::problem;
 
 pub fn id_of(v: &Value) -> Uuid {
     v["id"].as_str().unwrap().parse().unwrap()
