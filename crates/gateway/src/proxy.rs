@@ -14,12 +14,16 @@ use shop_platform::{
     assertion::{self, Keys, Subject},
     config::Config,
     http::{ApiError, BODY_LIMIT, X_REQUEST_ID},
+    ratelimit,
     redis_util::RedisConn,
     service::Fleet,
     session::{self, Session, SessionSettings},
 };
 
-use crate::program::GatewaySettings;
+use crate::{
+    client,
+    program::{GatewaySettings, IDENTITY},
+};
 
 /// The services that own the public routes (each declared by its own crate).
 const USERS: &str = shop_users::program::IDENTITY.name;
@@ -157,7 +161,8 @@ pub async fn proxy(
 async fn forward(gw: &Gateway, peer: SocketAddr, req: Request) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     let route = classify(&parts.method, parts.uri.path())?;
-    let ip = peer.ip().to_string();
+    let client_ip = client::address(peer, &parts.headers, &gw.settings.trusted_proxies);
+    let ip = client_ip.to_string();
 
     if route.is_login {
         rate_limit(gw, "login", &ip, gw.settings.login_rate_limit_per_min).await?;
@@ -231,21 +236,36 @@ async fn forward(gw: &Gateway, peer: SocketAddr, req: Request) -> Result<Respons
     {
         out = out.header(header::AUTHORIZATION.as_str(), v.as_bytes());
     }
-    if let Some((s, session_id)) = &caller {
-        let request_id = parts
-            .headers
-            .get(X_REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let subject = Subject::User {
-            id: s.user_id,
-            role: s.role.clone(),
-        };
-        let token = gw
-            .keys
-            .sign(subject, route.service, request_id, Some(session_id.clone()));
-        out = out.header(assertion::HEADER, token);
-    }
+    // Every forwarded request carries the gateway's assertion: the user's identity when there
+    // is one, else the gateway's own; both with the client's address.
+    let request_id = parts
+        .headers
+        .get(X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let (subject, session_id) = match &caller {
+        Some((s, session_id)) => {
+            let user = Subject::User {
+                id: s.user_id,
+                role: s.role.clone(),
+            };
+            (user, Some(session_id.clone()))
+        }
+        None => {
+            let gateway = Subject::Service {
+                name: IDENTITY.name.into(),
+            };
+            (gateway, None)
+        }
+    };
+    let token = gw.keys.sign(
+        subject,
+        route.service,
+        request_id,
+        session_id,
+        Some(client_ip),
+    );
+    out = out.header(assertion::HEADER, token);
     if !bytes.is_empty() {
         out = out.body(bytes);
     }
@@ -327,38 +347,9 @@ async fn authenticate(gw: &Gateway, token: &str) -> Result<Session, ApiError> {
     }
 }
 
-/// A fixed one-minute window per scope and id in Redis. If Redis is away, requests pass
-/// (availability over strictness) and a warning is logged.
+/// Counts a request against a limit of the gateway (see [`shop_platform::ratelimit`]).
 async fn rate_limit(gw: &Gateway, scope: &str, id: &str, per_minute: u32) -> Result<(), ApiError> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let key = gw
-        .config
-        .redis_key(&format!("rl:{scope}:{id}:{}", now / 60));
-    let mut redis = gw.redis.clone();
-    let counted = tokio::time::timeout(
-        Duration::from_millis(300),
-        redis::pipe()
-            .atomic()
-            .incr(&key, 1)
-            .expire(&key, 61)
-            .ignore()
-            .query_async::<(u64,)>(&mut redis),
-    )
-    .await;
-    match counted {
-        Ok(Ok((n,))) if n > u64::from(per_minute) => Err(ApiError::TooManyRequests {
-            retry_after_secs: 60 - now % 60,
-        }),
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => {
-            warn!(error = %e, "rate limiter unavailable; letting the request through");
-            Ok(())
-        }
-        Err(_) => Ok(()),
-    }
+    ratelimit::check(&gw.redis, &gw.config.namespace, scope, id, per_minute).await
 }
 
 #[cfg(test)]

@@ -618,6 +618,7 @@ async fn unverified_callers_are_refused() {
         jti: Uuid::new_v4(),
         rid: None,
         sid: None,
+        cip: None,
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

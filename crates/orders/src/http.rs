@@ -142,6 +142,7 @@ async fn price(
                 crate::program::PRICES_FROM,
                 None,
                 None,
+                None,
             ),
         )
         .query(&[("ids", list)])

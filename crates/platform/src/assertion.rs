@@ -67,6 +67,10 @@ pub struct Claims {
     /// A digest of the session it was made from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sid: Option<String>,
+    /// The client's address as the gateway determined it (the peer, or the address a trusted
+    /// proxy forwarded): what per-address limits behind the gateway count by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cip: Option<std::net::IpAddr>,
 }
 
 /// Why an assertion was refused (logged; the caller only hears 401).
@@ -131,6 +135,7 @@ impl Keys {
         aud: &str,
         rid: Option<String>,
         sid: Option<String>,
+        cip: Option<std::net::IpAddr>,
     ) -> String {
         let claims = Claims {
             sub,
@@ -139,6 +144,7 @@ impl Keys {
             jti: Uuid::new_v4(),
             rid,
             sid,
+            cip,
         };
         self.sign_claims(&claims)
     }
@@ -287,7 +293,7 @@ mod tests {
     #[test]
     fn a_signed_assertion_verifies_for_its_audience_only() {
         let k = keys(A);
-        let t = k.sign(user(), "orders", Some("rid-1".into()), None);
+        let t = k.sign(user(), "orders", Some("rid-1".into()), None, None);
         let c = k.verify(&t, "orders").unwrap();
         assert_eq!(c.sub, user());
         assert_eq!(c.rid.as_deref(), Some("rid-1"));
@@ -297,7 +303,7 @@ mod tests {
     #[test]
     fn forged_expired_and_malformed_ones_are_refused() {
         let (a, b) = (keys(A), keys(B));
-        let t = b.sign(user(), "orders", None, None);
+        let t = b.sign(user(), "orders", None, None, None);
         assert_eq!(a.verify(&t, "orders"), Err(Refused::Forged));
         // A changed claim breaks the signature.
         let (body, tag) = t.split_once('.').unwrap();
@@ -324,10 +330,10 @@ mod tests {
 
     #[test]
     fn keys_rotate_the_first_signs_and_every_one_verifies() {
-        let old = keys(A).sign(user(), "orders", None, None);
+        let old = keys(A).sign(user(), "orders", None, None, None);
         let both = keys(&format!("{B},{A}"));
         assert!(both.verify(&old, "orders").is_ok());
-        let new = both.sign(user(), "orders", None, None);
+        let new = both.sign(user(), "orders", None, None, None);
         assert!(keys(B).verify(&new, "orders").is_ok());
         assert_eq!(keys(A).verify(&new, "orders"), Err(Refused::Forged));
     }

@@ -394,7 +394,12 @@ pub fn json_with<T: Serialize>(status: StatusCode, body: &T) -> Response {
 
 /// The verified assertion of a request's caller (see [`crate::assertion`]): 401 when it is
 /// missing, forged, expired, for another program or replayed (why is logged, not told).
-async fn verified(parts: &axum::http::request::Parts) -> Result<assertion::Claims, ApiError> {
+/// Verified once per request: later extractors of the same request read the claims kept in
+/// its extensions (a second verification would look like a replay).
+async fn verified(parts: &mut axum::http::request::Parts) -> Result<assertion::Claims, ApiError> {
+    if let Some(claims) = parts.extensions.get::<assertion::Claims>() {
+        return Ok(claims.clone());
+    }
     let Some(verifier) = parts.extensions.get::<Arc<assertion::Verifier>>() else {
         error!("no assertion verifier installed: refusing the request");
         return Err(ApiError::Unauthorized);
@@ -403,10 +408,42 @@ async fn verified(parts: &axum::http::request::Parts) -> Result<assertion::Claim
         .headers
         .get(assertion::HEADER)
         .and_then(|v| v.to_str().ok());
-    verifier.verify(header).await.map_err(|refused| {
+    let claims = verifier.verify(header).await.map_err(|refused| {
         warn!(reason = %refused, path = %parts.uri.path(), "caller refused");
         ApiError::Unauthorized
-    })
+    })?;
+    parts.extensions.insert(claims.clone());
+    Ok(claims)
+}
+
+/// The client's address: the one the gateway put in its verified assertion or, for a caller
+/// without a valid assertion (one that reached the service directly), the TCP peer. For
+/// per-address limits on public routes (logins, registrations).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddress(pub std::net::IpAddr);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddress {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        if parts.headers.contains_key(assertion::HEADER)
+            && let Ok(assertion::Claims { cip: Some(ip), .. }) = verified(parts).await
+        {
+            return Ok(ClientAddress(ip));
+        }
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        peer.map(ClientAddress).ok_or_else(|| {
+            ApiError::Internal(anyhow::anyhow!(
+                "no peer address: the server was not started with connect info"
+            ))
+        })
+    }
 }
 
 /// Makes a type an extractor that verifies the caller's assertion and builds the type from

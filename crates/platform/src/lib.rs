@@ -24,6 +24,7 @@ pub mod inbox;
 pub mod memory;
 pub mod metrics;
 pub mod outbox;
+pub mod ratelimit;
 pub mod redis_util;
 pub mod service;
 pub mod session;

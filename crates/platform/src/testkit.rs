@@ -238,6 +238,7 @@ impl TestService {
             self.running.name,
             None,
             None,
+            None,
         )
     }
 
@@ -246,6 +247,7 @@ impl TestService {
         self.keys().sign(
             crate::assertion::Subject::Service { name: name.into() },
             self.running.name,
+            None,
             None,
             None,
         )

@@ -10,8 +10,9 @@ use axum::{
 };
 use shop_platform::http::BearerAuth;
 use shop_platform::{
-    http::{ApiError, ApiJson, Caller, problem},
+    http::{ApiError, ApiJson, Caller, ClientAddress, problem},
     outbox::Waker,
+    ratelimit,
     redis_util::RedisConn,
     session::{self, Session},
 };
@@ -22,6 +23,7 @@ use crate::{
     api::{LoginRequest, LoginResponse, RegisterRequest, User},
     domain::{self, Email, Name, Password},
     hasher::Hasher,
+    program::UsersSettings,
     store::{self, RegisterError},
 };
 
@@ -36,6 +38,8 @@ pub struct AppState {
     pub hasher: Hasher,
     /// Wakes the outbox relay once a registration (and `user.registered`) has committed.
     pub outbox: Waker,
+    /// The login and registration limits among them.
+    pub settings: UsersSettings,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -66,11 +70,16 @@ fn sessions_unavailable(e: redis::RedisError) -> ApiError {
 )]
 pub async fn register(
     State(s): State<AppState>,
+    ClientAddress(client): ClientAddress,
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> Result<(StatusCode, Json<User>), ApiError> {
     let email = Email::parse(&req.email)?;
     let password = Password::parse_for(req.password, &email)?;
     let name = Name::parse(&req.name)?;
+    // Counted once valid: what the limit bounds is the Argon2 work a registration costs.
+    let per_address = s.settings.registrations_per_address_per_min;
+    let ip = client.to_string();
+    ratelimit::check(&s.redis, &s.namespace, "register-ip", &ip, per_address).await?;
     let hash = s
         .hasher
         .run(move || domain::hash_password(&password))
@@ -127,8 +136,30 @@ impl IntoResponse for LoginError {
 )]
 pub async fn login(
     State(mut s): State<AppState>,
+    ClientAddress(client): ClientAddress,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<Json<LoginResponse>, LoginError> {
+    // Limited before any password work: by the client's address, then by the account (a
+    // digest of the address as typed, so that Redis holds no e-mail addresses).
+    let limits = &s.settings;
+    let ip = client.to_string();
+    ratelimit::check(
+        &s.redis,
+        &s.namespace,
+        "login-ip",
+        &ip,
+        limits.logins_per_address_per_min,
+    )
+    .await?;
+    let account = session::id(&req.email.trim().to_lowercase());
+    ratelimit::check(
+        &s.redis,
+        &s.namespace,
+        "login-account",
+        &account,
+        limits.logins_per_account_per_min,
+    )
+    .await?;
     // A malformed e-mail cannot be an account: it gets the same answer, after the same work.
     let found = match Email::parse(&req.email) {
         Ok(email) => store::credentials(&s.pool, &email).await?,

@@ -39,6 +39,21 @@ pub struct UsersSettings {
         hide_env_values = true
     )]
     pub admin_password: Option<String>,
+
+    /// Login attempts per minute allowed for one account, wherever they come from.
+    #[arg(long, env = "SHOP_LOGINS_PER_ACCOUNT_PER_MIN", global = true)]
+    #[arg(default_value_t = 10)]
+    pub logins_per_account_per_min: u32,
+
+    /// Login attempts per minute allowed from one client address (as the gateway names it).
+    #[arg(long, env = "SHOP_LOGINS_PER_ADDRESS_PER_MIN", global = true)]
+    #[arg(default_value_t = 30)]
+    pub logins_per_address_per_min: u32,
+
+    /// Registrations per minute allowed from one client address (each costs an Argon2 hash).
+    #[arg(long, env = "SHOP_REGISTRATIONS_PER_ADDRESS_PER_MIN", global = true)]
+    #[arg(default_value_t = 20)]
+    pub registrations_per_address_per_min: u32,
 }
 
 pub struct Users {
@@ -73,6 +88,7 @@ impl Program for Users {
             session_ttl_secs: self.sessions.session_ttl_secs,
             hasher,
             outbox: ctx.outbox.clone(),
+            settings: self.settings.clone(),
         };
         Ok(Parts {
             router: http::router(state),

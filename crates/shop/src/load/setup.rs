@@ -3,6 +3,7 @@
 
 #[allow(unused_imports)]
 use super::*;
+use crate::client::Answer;
 
 /// Why a request failed, as counted in the report.
 pub(super) fn transport_kind(e: &reqwest::Error) -> &'static str {
@@ -17,28 +18,40 @@ pub(super) fn transport_kind(e: &reqwest::Error) -> &'static str {
     }
 }
 
-/// Logs in, waiting out the login rate limit a few times if it is hit.
-pub(super) async fn login(api: &ApiClient, email: &str, password: &str) -> anyhow::Result<String> {
+/// Makes `call` until a rate limit no longer refuses it, waiting out its `Retry-After` at
+/// most three times (`settings` names the limits to raise for big runs).
+async fn patiently<F, Fut>(what: &str, settings: &str, mut call: F) -> anyhow::Result<Answer>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Answer>>,
+{
     for _ in 0..3 {
-        let answer = api.login(email, password).await?;
-        match answer.status {
-            StatusCode::OK => {
-                return answer.body["token"]
-                    .as_str()
-                    .map(str::to_string)
-                    .context("login answered without a token");
-            }
-            StatusCode::TOO_MANY_REQUESTS => {
-                let wait = answer.retry_after.unwrap_or(5).clamp(1, 61);
-                eprintln!(
-                    "load: login rate limit hit; waiting {wait}s (raise SHOP_LOGIN_RATE_LIMIT_PER_MIN for big runs)"
-                );
-                tokio::time::sleep(Duration::from_secs(wait)).await;
-            }
-            other => bail!("login of {email} answered {other}: {}", answer.body),
+        let answer = call().await?;
+        if answer.status != StatusCode::TOO_MANY_REQUESTS {
+            return Ok(answer);
         }
+        let wait = answer.retry_after.unwrap_or(5).clamp(1, 61);
+        eprintln!("load: {what} rate limit hit; waiting {wait}s (raise {settings} for big runs)");
+        tokio::time::sleep(Duration::from_secs(wait)).await;
     }
-    bail!("login of {email} kept hitting the rate limit")
+    bail!("{what} kept hitting the rate limit")
+}
+
+/// Logs in, waiting out the login rate limits a few times if they are hit.
+pub(super) async fn login(api: &ApiClient, email: &str, password: &str) -> anyhow::Result<String> {
+    let limits = "SHOP_LOGIN_RATE_LIMIT_PER_MIN, SHOP_LOGINS_PER_ADDRESS_PER_MIN";
+    let answer = patiently("login", limits, || api.login(email, password)).await?;
+    if answer.status != StatusCode::OK {
+        bail!(
+            "login of {email} answered {}: {}",
+            answer.status,
+            answer.body
+        );
+    }
+    answer.body["token"]
+        .as_str()
+        .map(str::to_string)
+        .context("login answered without a token")
 }
 
 pub(super) async fn admin_token(settings: &Settings, api: &ApiClient) -> anyhow::Result<String> {
@@ -72,9 +85,12 @@ pub(super) async fn create_users(
             let email = format!("load-{run_id}-{i}@load.test");
             let password = password.clone();
             async move {
-                let answer = api
-                    .register(&email, &password, &format!("Load user {i}"))
-                    .await?;
+                let name = format!("Load user {i}");
+                let limit = "SHOP_REGISTRATIONS_PER_ADDRESS_PER_MIN";
+                let answer = patiently("registration", limit, || {
+                    api.register(&email, &password, &name)
+                })
+                .await?;
                 if answer.status != StatusCode::CREATED {
                     bail!(
                         "registering {email} answered {}: {}",

@@ -69,10 +69,19 @@ impl Cluster {
                 shop_platform::assertion::Keys::generate(),
             ),
             ("SHOP_LOG".into(), "info,sqlx=warn,lapin=warn".into()),
+            // Every client of a test is 127.0.0.1: per-address limits would count them all
+            // as one (the per-account and gateway limits still apply).
+            ("SHOP_LOGINS_PER_ADDRESS_PER_MIN".into(), "100000".into()),
+            (
+                "SHOP_REGISTRATIONS_PER_ADDRESS_PER_MIN".into(),
+                "100000".into(),
+            ),
         ];
         let mut settings = Settings::defaults();
         settings.users.admin_email = Some(ADMIN_EMAIL.into());
         settings.users.admin_password = Some(ADMIN_PASSWORD.into());
+        settings.users.logins_per_address_per_min = 100_000;
+        settings.users.registrations_per_address_per_min = 100_000;
         for name in shop::names() {
             let port = free_port();
             settings.ports.set(name, port);
