@@ -44,16 +44,10 @@ pub struct GatewaySettings {
     #[arg(default_value_t = 30)]
     pub login_rate_limit_per_min: u32,
 
-    /// Addresses or networks of the proxies in front of the gateway (e.g.
-    /// `10.0.0.0/8,192.168.1.7`) whose `Forwarded` / `X-Forwarded-For` name the client; from
-    /// any other peer those headers are ignored and the peer is the client.
-    #[arg(
-        long,
-        env = "SHOP_TRUSTED_PROXIES",
-        global = true,
-        value_delimiter = ','
-    )]
-    #[arg(value_parser = crate::client::parse_network)]
+    /// Proxies in front of the gateway (`10.0.0.0/8,192.168.1.7`) whose `Forwarded` or
+    /// `X-Forwarded-For` names the client; from any other peer the peer is the client.
+    #[arg(long, env = "SHOP_TRUSTED_PROXIES", global = true)]
+    #[arg(value_delimiter = ',', value_parser = crate::client::parse_network)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 

@@ -3,7 +3,10 @@
 //!
 //! The key is `session:{sha256(token)}` rather than the token itself (a refinement of the
 //! original blueprint; docs/architecture.md, "Redis"): whoever can read Redis keys still
-//! cannot log in as anyone.
+//! cannot log in as anyone. Each user's session ids are also kept in `user-sessions:{id}`,
+//! so that changing a password or a role can end all of them ([`revoke_all`]); that index
+//! lives at least as long as the user's longest-lived session (every create and touch
+//! extends it).
 
 use clap::Args;
 use redis::AsyncCommands as _;
@@ -43,7 +46,12 @@ pub fn id(token: &str) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Stores a session for `ttl_secs`.
+/// The Redis key of the index of a user's sessions.
+fn index_key(namespace: &str, user_id: Uuid) -> String {
+    crate::config::redis_key(namespace, &format!("user-sessions:{user_id}"))
+}
+
+/// Stores a session for `ttl_secs`, and its id in the user's index.
 pub async fn create(
     redis: &mut RedisConn,
     namespace: &str,
@@ -52,8 +60,27 @@ pub async fn create(
     ttl_secs: u64,
 ) -> redis::RedisResult<()> {
     let value = serde_json::to_string(session).expect("sessions serialize");
-    redis.set_ex(key(namespace, token), value, ttl_secs).await
+    let index = index_key(namespace, session.user_id);
+    redis::pipe()
+        .atomic()
+        .set_ex(key(namespace, token), value, ttl_secs)
+        .sadd(&index, id(token))
+        .expire(&index, ttl_secs as i64)
+        .query_async(redis)
+        .await
 }
+
+/// Slides a session's expiry and its user's index's; answers the session's value.
+const TOUCH: &str = r"
+local v = redis.call('GETEX', KEYS[1], 'EX', ARGV[1])
+if v then
+  local ok, s = pcall(cjson.decode, v)
+  if ok and type(s) == 'table' and s.user_id then
+    redis.call('EXPIRE', ARGV[2] .. s.user_id, ARGV[1])
+  end
+end
+return v
+";
 
 /// The session of `token`, sliding its expiry by `ttl_secs`; `None` if unknown or expired.
 pub async fn touch(
@@ -62,13 +89,40 @@ pub async fn touch(
     token: &str,
     ttl_secs: u64,
 ) -> redis::RedisResult<Option<Session>> {
-    let value: Option<String> = redis::cmd("GETEX")
-        .arg(key(namespace, token))
-        .arg("EX")
+    static SCRIPT: std::sync::LazyLock<redis::Script> =
+        std::sync::LazyLock::new(|| redis::Script::new(TOUCH));
+    let index_prefix = crate::config::redis_key(namespace, "user-sessions:");
+    let value: Option<String> = SCRIPT
+        .key(key(namespace, token))
         .arg(ttl_secs)
-        .query_async(redis)
+        .arg(index_prefix)
+        .invoke_async(redis)
         .await?;
     Ok(value.and_then(|v| serde_json::from_str(&v).ok()))
+}
+
+/// Ends every session of a user at once (after a password or role change); how many there
+/// were.
+pub async fn revoke_all(
+    redis: &mut RedisConn,
+    namespace: &str,
+    user_id: Uuid,
+) -> redis::RedisResult<usize> {
+    const REVOKE: &str = r"
+local ids = redis.call('SMEMBERS', KEYS[1])
+local ended = 0
+for _, id in ipairs(ids) do
+  ended = ended + redis.call('DEL', ARGV[1] .. id)
+end
+redis.call('DEL', KEYS[1])
+return ended
+";
+    let session_prefix = crate::config::redis_key(namespace, "session:");
+    redis::Script::new(REVOKE)
+        .key(index_key(namespace, user_id))
+        .arg(session_prefix)
+        .invoke_async(redis)
+        .await
 }
 
 /// Deletes the session of `token` (logout): the token stops working at once.

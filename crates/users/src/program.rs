@@ -6,14 +6,15 @@ use clap::Args;
 use shop_platform::{
     Event as _,
     events::UserRegistered,
+    redis_util::RedisConn,
     service::{Context, Parts, Program},
-    session::SessionSettings,
+    session::{self, SessionSettings},
 };
 use sqlx::PgPool;
 use tracing::{info, warn};
 
 use crate::{
-    domain::{self, Email, Name, Password},
+    domain::{self, Email, Name, Password, Role},
     hasher::Hasher,
     http::{self, AppState},
     store,
@@ -74,7 +75,11 @@ impl Program for Users {
         hasher.run(domain::warm_up_dummy_hash).await?;
 
         match (&self.settings.admin_email, &self.settings.admin_password) {
-            (Some(email), Some(password)) => ensure_admin(&pool, &hasher, email, password).await?,
+            (Some(email), Some(password)) => {
+                let mut redis = redis.clone();
+                let namespace = &ctx.config.namespace;
+                ensure_admin(&pool, &hasher, (&mut redis, namespace), email, password).await?
+            }
             (None, None) => {}
             _ => warn!(
                 "set both SHOP_ADMIN_EMAIL and SHOP_ADMIN_PASSWORD to create an administrator"
@@ -99,21 +104,40 @@ impl Program for Users {
 
 /// Creates the configured administrator, or gives the existing account with that e-mail the
 /// administrator role and the configured password. Idempotent; concurrent start-ups agree.
+/// When that changes an existing account's password or role, its sessions end (a token
+/// taken with the old password stops working).
 async fn ensure_admin(
     pool: &PgPool,
     hasher: &Hasher,
+    (redis, namespace): (&mut RedisConn, &str),
     email: &str,
     password: &str,
 ) -> anyhow::Result<()> {
     let email = Email::parse(email).context("SHOP_ADMIN_EMAIL")?;
     let password = Password::parse(password.to_owned()).context("SHOP_ADMIN_PASSWORD")?;
     let name = Name::parse(ADMIN_NAME)?;
+    if let Some(existing) = store::credentials(pool, &email).await? {
+        let (candidate, phc) = (password.as_str().to_owned(), existing.password_hash);
+        let same_password = hasher
+            .run(move || domain::verify_password(&candidate, &phc))
+            .await?;
+        if same_password && existing.user.role == Role::Admin {
+            info!(user_id = %existing.user.id, "administrator ready (unchanged)");
+            return Ok(());
+        }
+    }
     let hash = hasher
         .run(move || domain::hash_password(&password))
         .await??;
     let (user, created) = store::upsert_admin(pool, &email, &name, &hash)
         .await
         .context("creating the administrator")?;
+    if !created {
+        let ended = session::revoke_all(redis, namespace, user.id)
+            .await
+            .context("ending the administrator's sessions after the change")?;
+        info!(user_id = %user.id, sessions_ended = ended, "administrator's password or role changed");
+    }
     info!(user_id = %user.id, created, "administrator ready");
     Ok(())
 }

@@ -85,3 +85,67 @@ async fn an_existing_account_is_promoted_with_the_configured_password() {
     assert_eq!(registered_events(&app).await, 1);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_changed_administrator_password_ends_the_old_sessions() {
+    let with_password = |password: &'static str| {
+        move |s: &mut UsersSettings| {
+            s.admin_email = Some(ADMIN.into());
+            s.admin_password = Some(password.into());
+        }
+    };
+    let app = App::spawn_with(with_password(ADMIN_PASSWORD)).await;
+    let token_of = |body: Value| body["token"].as_str().unwrap().to_string();
+    let first = token_of(app.login(ADMIN, ADMIN_PASSWORD).await.json().await.unwrap());
+    let second = token_of(app.login(ADMIN, ADMIN_PASSWORD).await.json().await.unwrap());
+    let other_user = app.registered("frank@example.com").await;
+    let frank = token_of(
+        app.login("frank@example.com", PASSWORD)
+            .await
+            .json()
+            .await
+            .unwrap(),
+    );
+    let redis = app.env.redis().await;
+    let ns = app.env.config.namespace.clone();
+    let alive = |token: String| {
+        let (mut redis, ns) = (redis.clone(), ns.clone());
+        async move {
+            shop_platform::session::touch(&mut redis, &ns, &token, 60)
+                .await
+                .unwrap()
+                .is_some()
+        }
+    };
+
+    // A restart with the same password keeps the sessions.
+    app.env
+        .start(users(with_password(ADMIN_PASSWORD)))
+        .await
+        .stop()
+        .await
+        .unwrap();
+    assert!(alive(first.clone()).await && alive(second.clone()).await);
+
+    // A restart with another password ends every session of the administrator, and only those.
+    app.env
+        .start(users(with_password("admin password 2")))
+        .await
+        .stop()
+        .await
+        .unwrap();
+    assert!(
+        !alive(first).await,
+        "an old administrator token still works"
+    );
+    assert!(
+        !alive(second).await,
+        "an old administrator token still works"
+    );
+    assert!(alive(frank).await, "{other_user} lost their session");
+    assert_eq!(
+        app.login(ADMIN, "admin password 2").await.status(),
+        StatusCode::OK
+    );
+    app.stop().await;
+}
