@@ -123,7 +123,7 @@ pub trait Identify {
 /// consumes and publishes, as [`Identity::service`]; `with` changes other fields) and its
 /// program type's [`Identify`].
 ///
-/// ```ignore
+/// ```text
 /// shop_platform::service! {
 ///     /// Who the notifications service is: ...
 ///     Notifications: "notifications" on port 8086,
