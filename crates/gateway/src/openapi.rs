@@ -4,7 +4,7 @@
 #![allow(dead_code)] // the functions below only carry their `#[utoipa::path]` descriptions
 
 use serde::Serialize;
-use shop_platform::http::BearerAuth;
+use shop_platform::{http::BearerAuth, validation::TextRule};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 /// An error (RFC 9457 problem details); `field` names the invalid field of a 422.
@@ -143,7 +143,7 @@ impl Modify for CommonResponses {
     info(title = "Shop API", description = "The public API of Shop. Money is integer cents; ids are UUIDs; errors are application/problem+json."),
     paths(stock, adjust, place_order, list_orders, get_order, order_events, notifications),
     components(schemas(Problem)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &TextRule),
 )]
 struct ApiDoc;
 

@@ -12,14 +12,18 @@ use crate::domain::{Adjustment, Line, ReservationStatus};
 #[derive(Debug)]
 pub struct Reservation {
     pub status: ReservationStatus,
+    /// What was asked for (and, when reserved, is held).
     pub lines: Vec<Line>,
+    /// Why it was refused, when it was.
     pub reason: Option<String>,
 }
 
 /// A product's stock as the API shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Level {
+    /// Units that can be reserved.
     pub available: i64,
+    /// Units held for orders not yet confirmed or released.
     pub reserved: i64,
 }
 

@@ -11,10 +11,14 @@ pub struct NotificationView {
     pub id: Uuid,
     /// welcome, order_confirmed or order_cancelled.
     pub kind: String,
+    /// One line, as an e-mail's subject.
+    #[schema(example = "Your order is confirmed")]
     pub subject: String,
+    /// Plain text.
     pub body: String,
     /// The order it is about, if any.
     pub order_id: Option<Uuid>,
+    /// When it was recorded (once per event it answers).
     pub created_at: DateTime<Utc>,
 }
 

@@ -27,7 +27,7 @@ pub struct PlaceOrder {
     #[schema(
         min_length = 1,
         max_length = 100,
-        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*\S[^\u0000-\u001f\u007f-\u009f]*$",
+        format = "text",
         example = "tok_visa"
     )]
     pub payment_token: String,
@@ -67,6 +67,7 @@ pub struct OrderView {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct OrderPage {
     pub items: Vec<OrderView>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
     pub next_cursor: Option<String>,
 }
 
@@ -74,7 +75,9 @@ pub struct OrderPage {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct StatusEvent {
     pub order_id: Uuid,
+    /// The status it entered, as in [`OrderView::status`].
     pub status: String,
+    /// out_of_stock, payment_failed or timeout, when it entered CANCELLED.
     pub cancel_reason: Option<String>,
 }
 

@@ -79,20 +79,8 @@ fn validate(body: &PlaceOrder) -> Result<(), ApiError> {
             ));
         }
     }
-    let token = body.payment_token.trim();
-    if token.is_empty() || token.len() > 100 {
-        return Err(ApiError::validation(
-            "payment_token",
-            "must be 1 to 100 characters",
-        ));
-    }
-    if token.chars().any(char::is_control) {
-        // NUL among them, which PostgreSQL cannot store in text.
-        return Err(ApiError::validation(
-            "payment_token",
-            "must not contain control characters",
-        ));
-    }
+    // The text rule keeps NUL out too, which PostgreSQL cannot store in text.
+    shop_platform::validation::text("payment_token", &body.payment_token, 100)?;
     Ok(())
 }
 

@@ -9,16 +9,22 @@ use uuid::Uuid;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PaymentView {
     pub id: Uuid,
+    /// One payment per order.
     pub order_id: Uuid,
+    /// Who placed the order.
     pub user_id: Uuid,
+    /// The order's total, in cents of `currency`.
     pub amount_cents: i64,
+    /// ISO 4217 code.
     pub currency: String,
     /// pending, captured, declined or refunded.
     pub status: String,
     /// Why the provider declined it (card_declined, random_decline).
     pub decline_code: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// When the provider took the money, if it did.
     pub captured_at: Option<DateTime<Utc>>,
+    /// When it was given back (the saga cancelled the order after the capture).
     pub refunded_at: Option<DateTime<Utc>>,
 }
 

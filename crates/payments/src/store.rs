@@ -105,26 +105,29 @@ pub async fn insert_pending(tx: &mut PgConnection, p: &NewPayment<'_>) -> sqlx::
     Ok(done.rows_affected() == 1)
 }
 
+/// The order's payment.
+pub async fn by_order(pool: &PgPool, order_id: Uuid) -> anyhow::Result<Option<Payment>> {
+    select_by_order(pool, order_id, "").await
+}
+
 /// The order's payment, locked until the end of the transaction.
 pub async fn lock_by_order(
     tx: &mut PgConnection,
     order_id: Uuid,
 ) -> anyhow::Result<Option<Payment>> {
-    let row: Option<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM payments WHERE order_id = $1 FOR UPDATE"
-    ))
-    .bind(order_id)
-    .fetch_optional(tx)
-    .await?;
-    row.map(Payment::try_from).transpose()
+    select_by_order(tx, order_id, " FOR UPDATE").await
 }
 
-pub async fn by_order(pool: &PgPool, order_id: Uuid) -> anyhow::Result<Option<Payment>> {
+async fn select_by_order<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    order_id: Uuid,
+    lock: &str,
+) -> anyhow::Result<Option<Payment>> {
     let row: Option<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM payments WHERE order_id = $1"
+        "SELECT {COLUMNS} FROM payments WHERE order_id = $1{lock}"
     ))
     .bind(order_id)
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await?;
     row.map(Payment::try_from).transpose()
 }

@@ -41,7 +41,6 @@ pub struct CreateProduct {
     /// 1 to 64 characters of letters, digits, `-` and `_`; unique.
     #[schema(
         example = "MUG-001",
-        min_length = 1,
         max_length = 64,
         pattern = r"^[A-Za-z0-9_-]{1,64}$"
     )]
@@ -51,7 +50,7 @@ pub struct CreateProduct {
         example = "Coffee mug",
         min_length = 1,
         max_length = 200,
-        pattern = r"^[^\u0000-\u001f\u007f-\u009f\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]*\S[^\u0000-\u001f\u007f-\u009f\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]*$"
+        format = "text"
     )]
     pub name: String,
     /// At most 2000 characters; no control characters but line breaks and tabs.
@@ -75,11 +74,7 @@ pub struct CreateProduct {
 #[serde(deny_unknown_fields)]
 pub struct UpdateProduct {
     /// 1 to 200 characters (trimmed), no control characters.
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = r"^[^\u0000-\u001f\u007f-\u009f\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]*\S[^\u0000-\u001f\u007f-\u009f\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]*$"
-    )]
+    #[schema(min_length = 1, max_length = 200, format = "text")]
     pub name: Option<String>,
     /// At most 2000 characters; no control characters but line breaks and tabs.
     #[schema(

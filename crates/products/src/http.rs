@@ -2,7 +2,7 @@
 //! the gateway, which signs a caller assertion for authenticated callers) and the
 //! internal price lookup of the orders service.
 
-use shop_platform::http::BearerAuth;
+use shop_platform::{http::BearerAuth, validation::TextRule};
 use std::sync::Arc;
 
 use axum::{
@@ -217,7 +217,7 @@ pub async fn prices(
 #[openapi(
     paths(list, get_one, create, update),
     components(schemas(Product, ProductPage, CreateProduct, UpdateProduct, ProductPrice)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &TextRule),
     tags((name = "products", description = "The catalogue"))
 )]
 pub struct ApiDoc;

@@ -29,12 +29,7 @@ pub struct RegisterRequest {
     )]
     pub password: String,
     /// Display name, 1 to 100 characters (trimmed), no control characters.
-    #[schema(
-        example = "Alice",
-        min_length = 1,
-        max_length = 100,
-        pattern = r"^[^\u0000-\u001f\u007f-\u009f\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]*\S[^\u0000-\u001f\u007f-\u009f\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]*$"
-    )]
+    #[schema(example = "Alice", min_length = 1, max_length = 100, format = "text")]
     pub name: String,
 }
 

@@ -8,7 +8,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use shop_platform::http::BearerAuth;
+use shop_platform::{http::BearerAuth, validation::TextRule};
 use shop_platform::{
     http::{ApiError, ApiJson, Caller, ClientAddress, problem},
     outbox::Waker,
@@ -263,7 +263,7 @@ pub async fn me(State(s): State<AppState>, caller: Caller) -> Result<Json<User>,
 #[openapi(
     paths(register, login, logout, me),
     components(schemas(RegisterRequest, LoginRequest, LoginResponse, User, crate::api::Role)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &TextRule),
     tags((name = "auth", description = "Accounts and sessions"))
 )]
 pub struct ApiDoc;
