@@ -1,5 +1,6 @@
 //! The gateway program: the only public HTTP surface.
 
+use anyhow::Context as _;
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
@@ -49,6 +50,18 @@ pub struct GatewaySettings {
     #[arg(long, env = "SHOP_TRUSTED_PROXIES", global = true)]
     #[arg(value_delimiter = ',', value_parser = crate::client::parse_network)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// The gateway's admin port: `/metrics` and the detailed `/health/ready` (each
+    /// service's state), kept off the public port, which answers only whether it is ready.
+    #[arg(long, env = "SHOP_GATEWAY_ADMIN_PORT", global = true)]
+    #[arg(default_value_t = 9080)]
+    pub admin_port: u16,
+
+    /// Address the admin port listens on (keep it private: loopback, or a pod network
+    /// that only the monitoring reaches).
+    #[arg(long, env = "SHOP_GATEWAY_ADMIN_BIND", global = true)]
+    #[arg(default_value = "127.0.0.1")]
+    pub admin_bind: String,
 }
 
 /// The gateway: forwards the public API to the services of its [`Context::fleet`] and
@@ -68,8 +81,11 @@ impl Program for Gateway {
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
             .build()?;
+        // Event streams are long and few: no idle pool, so a stream's connection closes
+        // when it ends or its client leaves, instead of idling for a minute and a half.
         let streams = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
+            .pool_max_idle_per_host(0)
             .tcp_nodelay(true)
             .build()?;
         let gw = Arc::new(proxy::Gateway {
@@ -103,9 +119,14 @@ impl Program for Gateway {
                 }) as Arc<dyn Check>
             })
             .collect();
+        let admin =
+            shop_platform::service::bind(&self.settings.admin_bind, self.settings.admin_port)
+                .await
+                .context("the gateway's admin port (SHOP_GATEWAY_ADMIN_PORT)")?;
         Ok(Parts {
             router,
             checks,
+            admin: Some(admin),
             ..Default::default()
         })
     }

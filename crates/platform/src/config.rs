@@ -112,6 +112,17 @@ pub struct Config {
     #[arg(default_value_t = 10)]
     pub http_timeout_secs: u64,
 
+    /// Seconds a client has to send a request's headers, from when its connection opens or
+    /// falls idle after a response; then the connection is closed.
+    #[arg(long, env = "SHOP_HTTP_HEADER_TIMEOUT_SECS", global = true)]
+    #[arg(default_value_t = 10)]
+    pub http_header_timeout_secs: u64,
+
+    /// Open HTTP connections a program holds at most; more wait to be accepted.
+    #[arg(long, env = "SHOP_HTTP_MAX_CONNECTIONS", global = true)]
+    #[arg(default_value_t = 2048)]
+    pub http_max_connections: usize,
+
     /// Keys that sign and verify caller assertions between the programs, comma-separated,
     /// each at least 32 bytes: the first signs, every one verifies (list the new key first,
     /// keep the old one until every program runs with the new). Never logged. Without one,
@@ -172,6 +183,14 @@ impl Config {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
+    /// What one client may hold of a program's HTTP server.
+    pub fn server_limits(&self) -> crate::server::Limits {
+        crate::server::Limits {
+            header_read_timeout: Duration::from_secs(self.http_header_timeout_secs.max(1)),
+            max_connections: self.http_max_connections,
+        }
     }
 
     /// Base URL at which `program` is reached on `port`: its entry in SHOP_SERVICE_URLS,

@@ -54,6 +54,10 @@ pub enum ApiError {
     MethodNotAllowed(Vec<String>),
     #[error("request body too large")]
     PayloadTooLarge,
+    #[error(
+        "the request's headers are too large: at most {max_bytes} bytes in at most {max_fields} fields"
+    )]
+    HeadersTooLarge { max_bytes: usize, max_fields: usize },
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{field}: {message}")]
@@ -98,6 +102,11 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload-too-large",
                 "Payload too large",
+            ),
+            ApiError::HeadersTooLarge { .. } => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers-too-large",
+                "Request header fields too large",
             ),
             ApiError::UnsupportedMediaType(_) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -260,7 +269,30 @@ pub struct Ops {
         Option<Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>>,
 }
 
-/// `/health/live`, `/health/ready` and `/metrics`.
+/// What a public port says of the program's health: `/health/live`, and `/health/ready`
+/// as `{"status": "ok"}` or a 503 `{"status": "unavailable"}`, naming nothing of what is
+/// behind it (the details and `/metrics` are on the admin port, [`ops_router`]).
+pub fn public_health_router(ops: Ops) -> Router {
+    Router::new()
+        .route(
+            "/health/live",
+            get(|| async { Json(json!({"status": "ok"})) }),
+        )
+        .route(
+            "/health/ready",
+            get(|State(ops): State<Ops>| async move {
+                if readiness(&ops.checks).await.0 {
+                    (StatusCode::OK, Json(json!({"status": "ok"})))
+                } else {
+                    let down = json!({"status": "unavailable"});
+                    (StatusCode::SERVICE_UNAVAILABLE, Json(down))
+                }
+            }),
+        )
+        .with_state(ops)
+}
+
+/// `/health/live`, `/health/ready` (each check's state) and `/metrics`.
 pub fn ops_router(ops: Ops) -> Router {
     Router::new()
         .route(
@@ -307,6 +339,7 @@ pub fn with_common_layers(router: Router, metrics: Arc<Metrics>, timeout: Durati
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
         // Outside the timeout, so that its bare 503 becomes a problem too.
         .layer(middleware::from_fn(problem_for_bare_errors))
+        .layer(middleware::from_fn(limit_headers))
         .layer(middleware::from_fn_with_state(metrics, count_requests))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
@@ -315,6 +348,25 @@ pub fn with_common_layers(router: Router, metrics: Arc<Metrics>, timeout: Durati
         }))
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
         .layer(middleware::from_fn(drop_unsafe_request_id))
+}
+
+/// Answers a request whose headers pass [`crate::server::MAX_HEADER_BYTES`] or
+/// [`crate::server::MAX_HEADERS`] with a 431 problem, before anything reads them.
+async fn limit_headers(req: Request, next: Next) -> Response {
+    use crate::server::{MAX_HEADER_BYTES, MAX_HEADERS};
+    let headers = req.headers();
+    let bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if bytes > MAX_HEADER_BYTES || headers.len() > MAX_HEADERS {
+        return ApiError::HeadersTooLarge {
+            max_bytes: MAX_HEADER_BYTES,
+            max_fields: MAX_HEADERS,
+        }
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// Whether a client's request id may be kept: short, and only characters that cannot forge

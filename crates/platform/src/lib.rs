@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod ratelimit;
 pub mod redis_util;
+pub mod server;
 pub mod service;
 pub mod session;
 pub mod telemetry;

@@ -110,6 +110,10 @@ pub struct Parts {
     pub checks: Vec<Arc<dyn Check>>,
     /// Background tasks; they must end when `Context::stop` is cancelled.
     pub tasks: Vec<JoinHandle<()>>,
+    /// Where `/metrics` and the detailed readiness are served instead of the program's own
+    /// port (which then answers only [`crate::http::public_health_router`]): for a program
+    /// whose port is public.
+    pub admin: Option<TcpListener>,
 }
 
 /// Who a program is: declared once, in its own crate, by [`crate::service!`] (or by hand for
@@ -258,32 +262,42 @@ pub async fn start(
         conns.redis.clone(),
         &config.namespace,
     ));
+    let request_timeout = Duration::from_secs(config.http_timeout_secs);
+    let limits = config.server_limits();
+    let http_stop = CancellationToken::new();
+    let mut servers = Vec::new();
+    let health = match parts.admin {
+        Some(admin) => {
+            info!(program = name, addr = %admin.local_addr()?, "serving metrics and readiness");
+            let admin_app =
+                with_common_layers(ops_router(ops.clone()), metrics.clone(), request_timeout);
+            servers.push(tokio::spawn(crate::server::serve(
+                admin,
+                admin_app,
+                limits,
+                http_stop.clone(),
+            )));
+            crate::http::public_health_router(ops)
+        }
+        None => ops_router(ops),
+    };
     let app = with_common_layers(
-        parts
-            .router
-            .merge(ops_router(ops))
-            .layer(axum::Extension(verifier)),
+        parts.router.merge(health).layer(axum::Extension(verifier)),
         metrics.clone(),
-        Duration::from_secs(config.http_timeout_secs),
+        request_timeout,
     );
     let addr = listener.local_addr()?;
     info!(program = name, %addr, "serving");
-    let http_stop = CancellationToken::new();
-    let http = tokio::spawn({
-        let http_stop = http_stop.clone();
-        async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { http_stop.cancelled().await })
-            .await
-        }
-    });
+    servers.push(tokio::spawn(crate::server::serve(
+        listener,
+        app,
+        limits,
+        http_stop.clone(),
+    )));
 
     let steps = Shutdown {
         http_stop,
-        http,
+        servers,
         workers,
         tasks_stop: stop,
         tasks: parts.tasks,
@@ -453,7 +467,8 @@ impl Workers {
 /// Everything a running program must stop, in the order it must stop it.
 struct Shutdown {
     http_stop: CancellationToken,
-    http: JoinHandle<std::io::Result<()>>,
+    /// The program's HTTP servers (its port, and its admin port if it has one).
+    servers: Vec<JoinHandle<std::io::Result<()>>>,
     workers: Workers,
     /// Ends the program's background tasks.
     tasks_stop: CancellationToken,
@@ -467,7 +482,7 @@ impl Shutdown {
         info!("stopping");
         let Shutdown {
             http_stop,
-            http,
+            servers,
             workers,
             tasks_stop,
             tasks,
@@ -476,7 +491,9 @@ impl Shutdown {
         } = self;
         let graceful = async {
             http_stop.cancel();
-            let _ = http.await;
+            for server in servers {
+                let _ = server.await;
+            }
             workers.consumer_stop.cancel();
             if let Some(c) = workers.consumer {
                 let _ = c.await;

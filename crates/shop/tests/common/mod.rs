@@ -36,6 +36,8 @@ pub struct Cluster {
     /// The programs' settings as the processes get them (ports, administrator).
     pub settings: Settings,
     pub base: String,
+    /// The gateway's admin port: `/metrics` and the detailed readiness.
+    pub admin: String,
     pub http: Client,
     pub log_dir: PathBuf,
     env: Vec<(String, String)>,
@@ -87,6 +89,11 @@ impl Cluster {
             settings.ports.set(name, port);
             env.push((port_variable(name), port.to_string()));
         }
+        settings.gateway.admin_port = free_port();
+        env.push((
+            "SHOP_GATEWAY_ADMIN_PORT".into(),
+            settings.gateway.admin_port.to_string(),
+        ));
         for (k, v) in extra {
             env.retain(|(ek, _)| ek != k);
             env.push((k.to_string(), v.to_string()));
@@ -113,10 +120,12 @@ impl Cluster {
             .join("e2e-logs")
             .join(&ns);
         std::fs::create_dir_all(&log_dir).unwrap();
+        let admin = format!("http://127.0.0.1:{}", settings.gateway.admin_port);
         let mut cluster = Cluster {
             config,
             settings,
             base: format!("http://127.0.0.1:{gateway_port}"),
+            admin,
             http: Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()

@@ -37,12 +37,25 @@ async fn the_public_api_is_safe_and_behaves() {
     assert_eq!(events["asyncapi"], "3.0.0");
     assert_eq!(events, shop::asyncapi());
 
-    // Readiness aggregates every service.
-    let (s, ready) = shop.call(Method::GET, "/health/ready", None, None).await;
-    assert_eq!(s, StatusCode::OK);
+    // Readiness aggregates every service, in detail on the admin port only; the public port
+    // says whether it is ready and serves no metrics.
+    let ready: serde_json::Value = admin_get(&shop, "/health/ready")
+        .await
+        .json()
+        .await
+        .unwrap();
     for svc in shop::names().filter(|p| *p != shop_gateway::program::IDENTITY.name) {
         assert_eq!(ready["info"][svc]["status"], "up", "{ready}");
     }
+    let (s, public) = shop.call(Method::GET, "/health/ready", None, None).await;
+    assert_eq!(
+        (s, public),
+        (StatusCode::OK, serde_json::json!({"status": "ok"}))
+    );
+    let (s, _) = shop.call(Method::GET, "/metrics", None, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "no metrics on the public port");
+    let metrics = admin_get(&shop, "/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("shop_http_requests_total"), "{metrics}");
 
     // Register, log in, me, log out: the token is dead at once.
     let (s, user) = shop
@@ -250,8 +263,16 @@ async fn the_public_api_is_safe_and_behaves() {
     let mut shop = shop;
     let status = shop.terminate("notifications");
     assert!(status.success(), "exit status {status}");
-    let (s, ready) = shop.call(Method::GET, "/health/ready", None, None).await;
+    let (s, public) = shop.call(Method::GET, "/health/ready", None, None).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        public,
+        serde_json::json!({"status": "unavailable"}),
+        "names nothing"
+    );
+    let ready = admin_get(&shop, "/health/ready").await;
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let ready: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(ready["error"]["notifications"]["status"], "down");
     shop.spawn("notifications");
     shop.wait_ready(Duration::from_secs(60)).await;
@@ -301,4 +322,13 @@ async fn the_public_api_is_safe_and_behaves() {
         },
     )
     .await;
+}
+
+/// A GET on the gateway's admin port.
+async fn admin_get(shop: &Cluster, path: &str) -> reqwest::Response {
+    shop.http
+        .get(format!("{}{path}", shop.admin))
+        .send()
+        .await
+        .expect("the admin port answers")
 }

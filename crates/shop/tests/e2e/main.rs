@@ -8,4 +8,5 @@ mod cluster;
 mod limits;
 mod readme;
 mod saga;
+mod streams;
 mod trust;
