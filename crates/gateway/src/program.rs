@@ -30,6 +30,9 @@ pub static IDENTITY: Identity = Identity {
     uses_database: false,
     uses_broker: false,
     uses_cache: false,
+    // None of a service's kind: it serves public documents and forwards `/api/...` to the
+    // services, which hold each route to its access.
+    routes: Vec::new,
 };
 
 /// The gateway's own settings.

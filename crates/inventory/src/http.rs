@@ -1,10 +1,11 @@
 //! Inventory's routes, served as the gateway forwards them (`/api/inventory/...`).
 
+use axum::http::Method;
 use axum::{
     Json, Router,
     extract::{Path, State},
-    routing::{get, post},
 };
+use shop_platform::http::{Access, Routes};
 use shop_platform::http::{ApiError, ApiJson, Caller};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -15,14 +16,25 @@ use crate::{
     store::{self, AdjustError},
 };
 
-pub fn router(pool: PgPool) -> Router {
-    Router::new()
-        .route("/api/inventory/{product_id}", get(get_stock))
+/// The inventory service's routes and who may call each.
+pub fn routes() -> Routes<PgPool> {
+    Routes::default()
         .route(
-            "/api/inventory/{product_id}/adjustments",
-            post(adjust_stock),
+            Method::GET,
+            "/api/inventory/{product_id}",
+            Access::Public,
+            get_stock,
         )
-        .with_state(pool)
+        .route(
+            Method::POST,
+            "/api/inventory/{product_id}/adjustments",
+            Access::Admin,
+            adjust_stock,
+        )
+}
+
+pub fn router(pool: PgPool) -> Router {
+    routes().with_state(pool)
 }
 
 /// Anyone may read a product's stock. Inventory learns of a product from its

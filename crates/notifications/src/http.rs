@@ -1,15 +1,20 @@
 //! Notifications' route, served as the gateway forwards it (`/api/notifications`).
 
-use axum::{Json, Router, extract::State, routing::get};
+use axum::http::Method;
+use axum::{Json, Router, extract::State};
+use shop_platform::http::{Access, Routes};
 use shop_platform::http::{ApiError, Caller};
 use sqlx::PgPool;
 
 use crate::{api::NotificationList, store};
 
+/// The notifications service's one route.
+pub fn routes() -> Routes<PgPool> {
+    Routes::default().route(Method::GET, "/api/notifications", Access::User, list)
+}
+
 pub fn router(pool: PgPool) -> Router {
-    Router::new()
-        .route("/api/notifications", get(list))
-        .with_state(pool)
+    routes().with_state(pool)
 }
 
 /// The caller's own notifications.

@@ -3,6 +3,7 @@
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
+use axum::http::Method;
 use axum::{
     Json, Router,
     extract::{Path, Query, State},
@@ -11,10 +12,10 @@ use axum::{
         IntoResponse, Response,
         sse::{Event as SseEvent, KeepAlive, Sse},
     },
-    routing::get,
 };
 use futures::{Stream, StreamExt as _};
 use serde::Deserialize;
+use shop_platform::http::{Access, Routes};
 use shop_platform::{
     assertion::{self, Keys, Subject},
     events::OrderLine,
@@ -50,12 +51,17 @@ pub struct AppState {
     pub outbox: Waker,
 }
 
+/// The orders service's routes and who may call each.
+pub fn routes() -> Routes<Arc<AppState>> {
+    Routes::default()
+        .route(Method::GET, "/api/orders", Access::User, list)
+        .route(Method::POST, "/api/orders", Access::User, place)
+        .route(Method::GET, "/api/orders/{id}", Access::User, get_one)
+        .route(Method::GET, "/api/orders/{id}/events", Access::User, events)
+}
+
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/api/orders", get(list).post(place))
-        .route("/api/orders/{id}", get(get_one))
-        .route("/api/orders/{id}/events", get(events))
-        .with_state(Arc::new(state))
+    routes().with_state(Arc::new(state))
 }
 
 fn validate(body: &PlaceOrder) -> Result<(), ApiError> {

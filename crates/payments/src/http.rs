@@ -1,20 +1,29 @@
 //! Payments' routes. Internal only: the gateway does not expose them.
 
+use axum::http::Method;
 use axum::{
     Json, Router,
     extract::{Path, State},
-    routing::get,
 };
+use shop_platform::http::{Access, Routes};
 use shop_platform::http::{ApiError, ServiceCaller};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{api::PaymentView, store};
 
+/// The payments service's one route: internal.
+pub fn routes() -> Routes<PgPool> {
+    Routes::default().route(
+        Method::GET,
+        "/internal/payments/{order_id}",
+        Access::Service,
+        get_payment,
+    )
+}
+
 pub fn router(pool: PgPool) -> Router {
-    Router::new()
-        .route("/internal/payments/{order_id}", get(get_payment))
-        .with_state(pool)
+    routes().with_state(pool)
 }
 
 /// Another program's (an operator tool's, a test's) look at an order's payment: a service

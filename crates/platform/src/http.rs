@@ -259,6 +259,77 @@ fn field_from_message(msg: &str) -> String {
     msg.split('`').nth(1).unwrap_or("body").to_string()
 }
 
+/// Who may call a route. The router is built from the same table ([`Routes`]), so a test
+/// can walk every route a service serves and hold it to its access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, through the gateway (the catalogue, registration, login).
+    Public,
+    /// A signed-in user, asserted by the gateway; the answer is about that user only.
+    User,
+    /// An administrator, asserted by the gateway.
+    Admin,
+    /// Another program, with a service assertion (the `/internal/...` routes).
+    Service,
+}
+
+/// One route of a service: method, path (axum's syntax) and who may call it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteInfo {
+    pub method: axum::http::Method,
+    pub path: &'static str,
+    pub access: Access,
+}
+
+/// A service's routes and their table, built together: a route cannot be served without
+/// being in the table.
+pub struct Routes<S> {
+    router: Router<S>,
+    table: Vec<RouteInfo>,
+}
+
+impl<S: Clone + Send + Sync + 'static> Default for Routes<S> {
+    fn default() -> Self {
+        Routes {
+            router: Router::new(),
+            table: Vec::new(),
+        }
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> Routes<S> {
+    /// Serves `handler` for `method` on `path`, for callers of `access`.
+    pub fn route<H, T>(
+        mut self,
+        method: axum::http::Method,
+        path: &'static str,
+        access: Access,
+        handler: H,
+    ) -> Self
+    where
+        H: axum::handler::Handler<T, S>,
+        T: 'static,
+    {
+        let filter = axum::routing::MethodFilter::try_from(method.clone())
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        self.router = self.router.route(path, axum::routing::on(filter, handler));
+        self.table.push(RouteInfo {
+            method,
+            path,
+            access,
+        });
+        self
+    }
+
+    pub fn table(&self) -> &[RouteInfo] {
+        &self.table
+    }
+
+    pub fn with_state(self, state: S) -> Router {
+        self.router.with_state(state)
+    }
+}
+
 /// Shared state of the health and metrics routes.
 #[derive(Clone)]
 pub struct Ops {

@@ -125,7 +125,7 @@ pub trait Identify {
 /// Declares, once, who a service is: `MIGRATOR` (its `migrations/` directory, embedded at
 /// build time), `IDENTITY` (its name, default port, migrations and the event types it
 /// consumes and publishes, as [`Identity::service`]; `with` changes other fields) and its
-/// program type's [`Identify`].
+/// program type's [`Identify`]. Its routes are the crate's `http::routes()` table.
 ///
 /// ```text
 /// shop_platform::service! {
@@ -135,6 +135,8 @@ pub trait Identify {
 /// }
 /// ```
 #[macro_export]
+// `crate::http::routes` is the calling service's own route table, on purpose.
+#[allow(clippy::crate_in_macro_def)]
 macro_rules! service {
     (
         $(#[$doc:meta])*
@@ -148,6 +150,7 @@ macro_rules! service {
         $(#[$doc])*
         pub static IDENTITY: $crate::topology::Identity = $crate::topology::Identity {
             $($($field: $value,)+)?
+            routes: || crate::http::routes().table().to_vec(),
             ..$crate::topology::Identity::service($name, $port, &MIGRATOR, $consumes, $publishes)
         };
 

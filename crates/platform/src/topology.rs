@@ -31,6 +31,9 @@ pub struct Identity {
     pub uses_broker: bool,
     /// Whether it uses the cache Redis.
     pub uses_cache: bool,
+    /// The routes its router serves and who may call each: a service's `http::routes()`
+    /// table, the very one its router is built from.
+    pub routes: fn() -> Vec<crate::http::RouteInfo>,
 }
 
 impl PartialEq for Identity {
@@ -58,6 +61,7 @@ impl Identity {
             uses_database: true,
             uses_broker: true,
             uses_cache: false,
+            routes: Vec::new,
         }
     }
 }

@@ -5,13 +5,14 @@
 use shop_platform::{http::BearerAuth, validation::TextRule};
 use std::sync::Arc;
 
+use axum::http::Method;
 use axum::{
     Json, Router,
     extract::{FromRequestParts, Path, Query, State, rejection::QueryRejection},
     http::{StatusCode, request::Parts},
-    routing::get,
 };
 use serde::Deserialize;
+use shop_platform::http::{Access, Routes};
 use shop_platform::http::{ApiError, ApiJson, Caller, ServiceCaller};
 use tracing::info;
 use uuid::Uuid;
@@ -26,12 +27,18 @@ use crate::{
     store::{self, CreateError},
 };
 
+/// The products service's routes and who may call each.
+pub fn routes() -> Routes<Arc<Catalog>> {
+    Routes::default()
+        .route(Method::GET, "/api/products", Access::Public, list)
+        .route(Method::POST, "/api/products", Access::Admin, create)
+        .route(Method::GET, "/api/products/{id}", Access::Public, get_one)
+        .route(Method::PATCH, "/api/products/{id}", Access::Admin, update)
+        .route(Method::GET, "/internal/products", Access::Service, prices)
+}
+
 pub fn router(catalog: Arc<Catalog>) -> Router {
-    Router::new()
-        .route("/api/products", get(list).post(create))
-        .route("/api/products/{id}", get(get_one).patch(update))
-        .route("/internal/products", get(prices))
-        .with_state(catalog)
+    routes().with_state(catalog)
 }
 
 fn query_error(e: QueryRejection) -> ApiError {

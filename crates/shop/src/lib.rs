@@ -217,6 +217,45 @@ mod tests {
     use clap::CommandFactory as _;
     use shop_platform::events::ALL_TYPES;
 
+    /// The public document lists exactly the services' `/api/...` routes, each secured
+    /// unless the service serves it to anyone; no internal route is in it.
+    #[test]
+    fn the_public_document_lists_exactly_the_services_public_routes() {
+        use shop_platform::http::Access;
+        use std::collections::BTreeSet;
+        let doc = serde_json::to_value(shop_gateway::openapi::document()).unwrap();
+        let mut documented = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let secured = op["security"].as_array().is_some_and(|s| !s.is_empty());
+                documented.insert((method.to_uppercase(), path.clone(), secured));
+            }
+        }
+        let served: BTreeSet<_> = PROGRAMS
+            .iter()
+            .flat_map(|e| (e.identity.routes)())
+            .filter(|r| r.access != Access::Service)
+            .map(|r| {
+                (
+                    r.method.to_string(),
+                    r.path.to_string(),
+                    r.access != Access::Public,
+                )
+            })
+            .collect();
+        assert!(
+            documented.is_superset(&served),
+            "served, not documented: {:?}",
+            served.difference(&documented).collect::<Vec<_>>()
+        );
+        let gateway_own = ["/openapi.json", "/asyncapi.json", "/docs"];
+        let extra: Vec<_> = documented
+            .difference(&served)
+            .filter(|(_, p, _)| !gateway_own.iter().any(|g| p.starts_with(g)))
+            .collect();
+        assert!(extra.is_empty(), "documented, not served: {extra:?}");
+    }
+
     #[test]
     fn every_program_is_built_as_itself_and_listed_once() {
         let settings = Settings::defaults();

@@ -1,13 +1,14 @@
 //! HTTP routes of the users service: the public paths, which the gateway forwards unchanged
 //! (after authenticating `me` and `logout`, for which it signs the caller's assertion).
 
+use axum::http::Method;
 use axum::{
     Json, Router,
     extract::State,
     http::{HeaderMap, StatusCode, header::AUTHORIZATION},
     response::{IntoResponse, Response},
-    routing::{get, post},
 };
+use shop_platform::http::{Access, Routes};
 use shop_platform::{http::BearerAuth, validation::TextRule};
 use shop_platform::{
     http::{ApiError, ApiJson, Caller, ClientAddress, problem},
@@ -42,13 +43,17 @@ pub struct AppState {
     pub settings: UsersSettings,
 }
 
+/// The users service's routes and who may call each.
+pub fn routes() -> Routes<AppState> {
+    Routes::default()
+        .route(Method::POST, "/api/auth/register", Access::Public, register)
+        .route(Method::POST, "/api/auth/login", Access::Public, login)
+        .route(Method::POST, "/api/auth/logout", Access::User, logout)
+        .route(Method::GET, "/api/me", Access::User, me)
+}
+
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/api/auth/register", post(register))
-        .route("/api/auth/login", post(login))
-        .route("/api/auth/logout", post(logout))
-        .route("/api/me", get(me))
-        .with_state(state)
+    routes().with_state(state)
 }
 
 fn sessions_unavailable(e: redis::RedisError) -> ApiError {

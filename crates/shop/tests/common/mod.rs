@@ -361,6 +361,19 @@ impl Cluster {
         a.body
     }
 
+    /// A new user with a confirmed order of a new product: (user's token, user id, product,
+    /// order id).
+    pub async fn confirmed_order(&self) -> (String, Uuid, Uuid, String) {
+        let admin = self.admin().await;
+        let (token, user_id) = self.user().await;
+        let product = self.product(&admin, 100, 1000).await;
+        let order = self.order(&token, &[(product, 1)], "tok_visa").await;
+        let order = order["id"].as_str().unwrap().to_string();
+        let done = self.settled(&token, &order, Duration::from_secs(30)).await;
+        assert_eq!(done["status"], "CONFIRMED", "{done}");
+        (token, user_id, product, order)
+    }
+
     /// Polls an order until it is CONFIRMED or CANCELLED.
     pub async fn settled(&self, token: &str, order_id: &str, deadline: Duration) -> Value {
         let until = tokio::time::Instant::now() + deadline;

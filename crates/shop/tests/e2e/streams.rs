@@ -34,12 +34,7 @@ fn established_to(port: u16) -> usize {
 async fn ended_and_abandoned_streams_release_their_connections() {
     const STREAMS: usize = 40;
     let shop = Cluster::start(&[]).await;
-    let admin = shop.admin().await;
-    let (alice, _) = shop.user().await;
-    let widget = shop.product(&admin, 100, 1000).await;
-    let done = shop.order(&alice, &[(widget, 1)], "tok_visa").await;
-    let done = done["id"].as_str().unwrap().to_string();
-    shop.settled(&alice, &done, Duration::from_secs(30)).await;
+    let (alice, _, widget, done) = shop.confirmed_order().await;
     // Payment answers only after the saga's deadline: this one stays open a while.
     let open = shop.order(&alice, &[(widget, 1)], "tok_timeout").await;
     let open = open["id"].as_str().unwrap().to_string();

@@ -1,66 +1,132 @@
-//! Zero trust behind the gateway: calling a service's own port directly, every operation
-//! the public document marks as protected (each walked from the served document and sent
-//! to the service the gateway would route it to, not from a hand-kept list) and every
-//! internal route refuses a caller who only claims an identity in headers.
+//! Zero trust behind the gateway, walked over every route of every service's router (each
+//! service's router is built from the table its `Identity::routes` returns, so no route is
+//! left out): called straight at the service's port with an identity claimed only in
+//! headers, every route that is not public answers 401; through the gateway, another user
+//! learns nothing of the owner's data, a plain user is refused the administrators' routes,
+//! and internal routes are not routed at all.
+
+use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
+use shop_platform::{http::Access, testkit::eventually};
 use uuid::Uuid;
 
 use crate::cluster::Cluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn services_refuse_callers_they_cannot_verify() {
+async fn every_route_of_every_service_holds_to_its_access() {
     let shop = Cluster::start(&[]).await;
-    let (s, doc) = shop.call(Method::GET, "/openapi.json", None, None).await;
-    assert_eq!(s, StatusCode::OK);
+    let (alice, alice_id, widget, order) = shop.confirmed_order().await;
+    // Alice has a payment and notifications to leak, if a route would.
+    let (shop_ref, alice_ref) = (&shop, &alice);
+    eventually(
+        "alice is notified",
+        Duration::from_secs(30),
+        || async move {
+            let (_, list) = shop_ref
+                .call(Method::GET, "/api/notifications", Some(alice_ref), None)
+                .await;
+            list["items"].as_array().is_some_and(|i| i.len() >= 2)
+        },
+    )
+    .await;
+    let alices = [alice_id.to_string(), order.clone()];
     let someone = Uuid::now_v7().to_string();
-    let mut checked = 0;
-    for (path, item) in doc["paths"].as_object().unwrap() {
-        for (method, op) in item.as_object().unwrap() {
-            if op["security"].as_array().is_none_or(|s| s.is_empty()) {
-                continue;
-            }
-            let method: Method = method.to_uppercase().parse().unwrap();
-            let concrete = path
-                .replace("{id}", &Uuid::now_v7().to_string())
-                .replace("{product_id}", &Uuid::now_v7().to_string());
-            let route = shop_gateway::proxy::classify(&method, &concrete).expect("routed");
-            let url = format!("http://127.0.0.1:{}{concrete}", shop.port(route.service));
-            let status = shop
-                .http
-                .request(method.clone(), &url)
-                .header("x-user-id", &someone)
-                .header("x-user-role", "admin")
-                .header("content-type", "application/json")
-                .body("{}")
-                .send()
-                .await
-                .unwrap()
-                .status();
-            assert_eq!(
-                status,
-                StatusCode::UNAUTHORIZED,
-                "{method} {path} straight to {}",
-                route.service
+
+    let mut walked = Vec::new();
+    for entry in shop::PROGRAMS {
+        for route in (entry.identity.routes)() {
+            let service = entry.identity.name;
+            let path = route
+                .path
+                .replace("{order_id}", &order)
+                .replace("{product_id}", &widget.to_string())
+                .replace(
+                    "{id}",
+                    &if route.path.starts_with("/api/orders") {
+                        order.clone()
+                    } else {
+                        widget.to_string()
+                    },
+                );
+            assert!(
+                !path.contains('{'),
+                "{path}: a parameter this walk cannot fill"
             );
-            checked += 1;
+            walked.push(format!("{} {}", route.method, route.path));
+
+            // Straight at the service, claiming to be an administrator in headers.
+            let direct = send(
+                shop.http
+                    .request(
+                        route.method.clone(),
+                        format!("http://127.0.0.1:{}{path}", shop.port(service)),
+                    )
+                    .header("x-user-id", &someone)
+                    .header("x-user-role", "admin"),
+            );
+            let status = direct.await.status();
+            if route.access == Access::Public {
+                assert_ne!(status, StatusCode::UNAUTHORIZED, "{} {path}", route.method);
+            } else {
+                assert_eq!(
+                    status,
+                    StatusCode::UNAUTHORIZED,
+                    "{} {path} straight to {service}",
+                    route.method
+                );
+            }
+
+            // Through the gateway, as another user (a fresh one: logout ends its session).
+            let (bob, _) = shop.user().await;
+            let through = send(
+                shop.http
+                    .request(route.method.clone(), format!("{}{path}", shop.base))
+                    .bearer_auth(&bob),
+            )
+            .await;
+            let status = through.status();
+            let body = tokio::time::timeout(Duration::from_secs(10), through.text())
+                .await
+                .expect("the answer ends")
+                .unwrap();
+            let what = format!("{} {path} as another user: {status} {body}", route.method);
+            match route.access {
+                Access::Public => {}
+                Access::User => {
+                    for secret in &alices {
+                        assert!(!body.contains(secret.as_str()), "{what}");
+                    }
+                }
+                Access::Admin => assert_eq!(status, StatusCode::FORBIDDEN, "{what}"),
+                Access::Service => assert_eq!(status, StatusCode::NOT_FOUND, "{what}"),
+            }
         }
     }
-    assert!(checked >= 9, "only {checked} protected operations walked");
-    for (service, path) in [
-        ("products", format!("/internal/products?ids={someone}")),
-        ("payments", format!("/internal/payments/{someone}")),
+    // Every kind of access was walked, on every service with routes.
+    for expected in [
+        "POST /api/auth/login",
+        "GET /api/me",
+        "PATCH /api/products/{id}",
+        "GET /internal/products",
+        "POST /api/inventory/{product_id}/adjustments",
+        "GET /api/orders/{id}/events",
+        "GET /internal/payments/{order_id}",
+        "GET /api/notifications",
     ] {
-        let url = format!("http://127.0.0.1:{}{path}", shop.port(service));
-        let status = shop
-            .http
-            .get(&url)
-            .header("x-user-id", &someone)
-            .header("x-user-role", "admin")
-            .send()
-            .await
-            .unwrap()
-            .status();
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path} on {service}");
+        assert!(
+            walked.iter().any(|w| w == expected),
+            "{expected} not walked: {walked:?}"
+        );
     }
+}
+
+/// Sends `request` with an empty JSON object as its body (ignored where none is read).
+async fn send(request: reqwest::RequestBuilder) -> reqwest::Response {
+    request
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap()
 }
