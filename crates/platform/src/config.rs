@@ -41,6 +41,15 @@ pub struct Config {
     #[arg(default_value = "postgres://postgres@127.0.0.1:5432/shop")]
     pub database_url: String,
 
+    /// Least privilege in PostgreSQL: `users=secret1,orders=secret2,...,audit=secret7`. A
+    /// service with a password here connects as its own role (`<database>_<service>`), which
+    /// owns its schema and cannot read another's; `audit` is `shop audit`'s read-only role.
+    /// `shop migrate` (and `shop up`) create the roles from `SHOP_DATABASE_URL`'s
+    /// administrator; a deployment of one service needs only its own entry. Unset: every
+    /// program connects as `SHOP_DATABASE_URL`'s user. Never logged.
+    #[arg(long, env = "SHOP_DB_PASSWORDS", global = true, hide_env_values = true)]
+    pub db_passwords: Option<String>,
+
     /// Prefix of every exchange, queue and Redis key (lets several shops or test runs share servers).
     #[arg(long, env = "SHOP_NAMESPACE", default_value = "", global = true)]
     pub namespace: String,
@@ -179,6 +188,14 @@ impl Config {
             ),
         };
         crate::assertion::Keys::parse(&list).map_err(anyhow::Error::msg)
+    }
+
+    /// The password of `name`'s own PostgreSQL role, from [`Config::db_passwords`].
+    pub fn db_password(&self, name: &str) -> Option<String> {
+        self.db_passwords.as_deref()?.split(',').find_map(|entry| {
+            let (who, password) = entry.split_once('=')?;
+            (who.trim() == name).then(|| password.to_string())
+        })
     }
 
     pub fn shutdown_timeout(&self) -> Duration {

@@ -1,5 +1,7 @@
 //! PostgreSQL: the database is created if missing; each service gets a pool whose
-//! connections use its own schema, where its outbox and inbox live beside its tables.
+//! connections use its own schema, where its outbox and inbox live beside its tables. With
+//! [`Config::db_passwords`] each service connects as its own role, owner of its schema and
+//! of nothing else ([`setup_roles`] makes them), and `shop audit` as a read-only one.
 
 use std::{str::FromStr, time::Duration};
 
@@ -9,7 +11,7 @@ use sqlx::{
     postgres::{PgConnectOptions, PgConnection, PgPoolOptions},
 };
 
-use crate::config::redact_url;
+use crate::config::{Config, redact_url};
 
 fn options(url: &str) -> anyhow::Result<PgConnectOptions> {
     Ok(PgConnectOptions::from_str(url)
@@ -83,6 +85,164 @@ pub fn unavailable(e: &sqlx::Error) -> bool {
     }
 }
 
+/// The role `name` (a service, or `audit`) logs in as when it has a password of its own:
+/// `<database>_<name>`, so shops (and test runs) with their own databases do not share roles.
+pub fn role_name(url: &str, name: &str) -> anyhow::Result<String> {
+    let opts = options(url)?;
+    Ok(format!(
+        "{}_{name}",
+        opts.get_database().unwrap_or("postgres")
+    ))
+}
+
+/// How `name` logs in: as its own role with its own password if [`Config::db_password`]
+/// has one, else as `SHOP_DATABASE_URL`'s user.
+pub fn login(config: &Config, name: &str) -> anyhow::Result<PgConnectOptions> {
+    let opts = options(&config.database_url)?;
+    Ok(match config.db_password(name) {
+        Some(password) => opts
+            .username(&role_name(&config.database_url, name)?)
+            .password(&password),
+        None => opts,
+    })
+}
+
+/// A service's pool, as its own role when it has one (then the database, the role and its
+/// schema must exist: `shop migrate` makes them), else as [`connect`].
+pub async fn connect_service(
+    config: &Config,
+    schema: &str,
+    max_connections: u32,
+) -> anyhow::Result<PgPool> {
+    if config.db_password(schema).is_none() {
+        return connect(&config.database_url, schema, max_connections).await;
+    }
+    let opts = login(config, schema)?.options([("search_path", schema)]);
+    let role = opts.get_username().to_string();
+    let pool = pool(opts, max_connections).await.with_context(|| {
+        format!(
+            "cannot connect to PostgreSQL as {role} (run `shop migrate` first: it makes the role)"
+        )
+    })?;
+    create_platform_tables(&pool, schema, false)
+        .await
+        .with_context(|| format!("creating platform tables in schema {schema}"))?;
+    Ok(pool)
+}
+
+async fn pool(opts: PgConnectOptions, max_connections: u32) -> sqlx::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(opts)
+        .await
+}
+
+/// Makes each service's role (password from [`Config::db_passwords`]), gives it its schema
+/// and what is in it, and lets it connect; and, if `audit` has a password, a role that may
+/// only read every schema. Run as `SHOP_DATABASE_URL`'s user (it needs CREATEROLE and the
+/// database's ownership). Nothing to do without `SHOP_DB_PASSWORDS`.
+pub async fn setup_roles(config: &Config, schemas: &[&str]) -> anyhow::Result<()> {
+    if config.db_passwords.is_none() {
+        return Ok(());
+    }
+    let url = &config.database_url;
+    ensure_database(url).await?;
+    let opts = options(url)?;
+    let database = quote(opts.get_database().unwrap_or("postgres"));
+    let mut admin = PgConnection::connect_with(&opts)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {}", redact_url(url)))?;
+    let mut ddl = format!(
+        "SELECT pg_advisory_lock(hashtext('shop-roles'));
+         REVOKE ALL ON DATABASE {database} FROM PUBLIC;\n"
+    );
+    let mut role_of = Vec::new();
+    for schema in schemas {
+        let password = config.db_password(schema).with_context(|| {
+            format!("SHOP_DB_PASSWORDS has no password for {schema} (it needs one per service)")
+        })?;
+        let role = role_name(url, schema)?;
+        ddl += &login_role(&role, &password, &database);
+        let (s, r) = (quote(schema), quote(&role));
+        ddl += &format!(
+            "CREATE SCHEMA IF NOT EXISTS {s} AUTHORIZATION {r};
+             ALTER SCHEMA {s} OWNER TO {r};
+             DO $$ DECLARE o record; BEGIN
+                 FOR o IN SELECT c.relname, c.relkind FROM pg_class c
+                          WHERE c.relnamespace = {schema_literal}::regnamespace
+                            AND c.relkind IN ('r', 'p', 'S', 'v', 'm')
+                            AND pg_get_userbyid(c.relowner) <> {role_literal} LOOP
+                     EXECUTE format('ALTER %s %I.%I OWNER TO %I',
+                         CASE WHEN o.relkind = 'S' THEN 'SEQUENCE' ELSE 'TABLE' END,
+                         {schema_literal}, o.relname, {role_literal});
+                 END LOOP;
+             END $$;\n",
+            schema_literal = literal(schema),
+            role_literal = literal(&role),
+        );
+        role_of.push((s, r));
+    }
+    if let Some(password) = config.db_password("audit") {
+        let audit = role_name(url, "audit")?;
+        ddl += &login_role(&audit, &password, &database);
+        let a = quote(&audit);
+        for (s, r) in &role_of {
+            ddl += &format!(
+                "GRANT USAGE ON SCHEMA {s} TO {a};
+                 GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO {a};
+                 ALTER DEFAULT PRIVILEGES FOR ROLE {r} IN SCHEMA {s} GRANT SELECT ON TABLES TO {a};\n"
+            );
+        }
+    }
+    ddl += "SELECT pg_advisory_unlock(hashtext('shop-roles'));";
+    sqlx::raw_sql(&ddl)
+        .execute(&mut admin)
+        .await
+        .context("making the services' PostgreSQL roles")?;
+    Ok(())
+}
+
+/// Creates `role` unless it exists, sets its password and lets it connect to `database`.
+fn login_role(role: &str, password: &str, database: &str) -> String {
+    format!(
+        "DO $$ BEGIN
+             IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {name}) THEN
+                 CREATE ROLE {role} LOGIN;
+             END IF;
+         END $$;
+         ALTER ROLE {role} WITH LOGIN PASSWORD {password};
+         GRANT CONNECT, TEMPORARY ON DATABASE {database} TO {role};\n",
+        name = literal(role),
+        role = quote(role),
+        password = literal(password),
+    )
+}
+
+/// Drops roles made by [`setup_roles`] (for tests, after their database is dropped).
+pub async fn drop_roles(config: &Config, names: &[&str]) -> anyhow::Result<()> {
+    let opts = options(&config.database_url)?;
+    let mut admin = PgConnection::connect_with(&opts.clone().database("postgres")).await?;
+    for name in names {
+        let role = quote(&role_name(&config.database_url, name)?);
+        admin
+            .execute(format!("DROP ROLE IF EXISTS {role}").as_str())
+            .await?;
+    }
+    Ok(())
+}
+
+/// An SQL identifier, quoted.
+fn quote(identifier: &str) -> String {
+    format!("\"{}\"", identifier.replace('"', "\"\""))
+}
+
+/// An SQL string literal.
+fn literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
 /// A pool for `schema`: creates the database and schema if needed and the platform tables
 /// (outbox, inbox).
 pub async fn connect(url: &str, schema: &str, max_connections: u32) -> anyhow::Result<PgPool> {
@@ -95,22 +255,32 @@ pub async fn connect(url: &str, schema: &str, max_connections: u32) -> anyhow::R
         .connect_with(opts)
         .await
         .with_context(|| format!("cannot connect to PostgreSQL at {}", redact_url(url)))?;
-    create_platform_tables(&pool, schema)
+    create_platform_tables(&pool, schema, true)
         .await
         .with_context(|| format!("creating platform tables in schema {schema}"))?;
     Ok(pool)
 }
 
-async fn create_platform_tables(pool: &PgPool, schema: &str) -> anyhow::Result<()> {
+/// `create_schema`: as the database's administrator; a service's own role finds its schema
+/// made (and may not create one).
+async fn create_platform_tables(
+    pool: &PgPool,
+    schema: &str,
+    create_schema: bool,
+) -> anyhow::Result<()> {
     let mut tx = pool.begin().await?;
     // Programs starting together must not race on CREATE ... IF NOT EXISTS.
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('shop-platform-' || $1))")
         .bind(schema)
         .execute(&mut *tx)
         .await?;
+    if create_schema {
+        sqlx::raw_sql(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .execute(&mut *tx)
+            .await?;
+    }
     let ddl = format!(
         r#"
-        CREATE SCHEMA IF NOT EXISTS {schema};
         CREATE TABLE IF NOT EXISTS {schema}.outbox (
             id BIGSERIAL PRIMARY KEY,
             event_id UUID NOT NULL UNIQUE,

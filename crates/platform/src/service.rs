@@ -206,7 +206,7 @@ impl Running {
 /// Connects and migrates a program's schema (for `shop migrate`).
 pub async fn migrate(program: &dyn Program, config: &Config) -> anyhow::Result<()> {
     if program.identity().uses_database {
-        let pool = db::connect(&config.database_url, program.name(), 2).await?;
+        let pool = db::connect_service(config, program.name(), 2).await?;
         program
             .migrate(&pool)
             .await
@@ -349,7 +349,7 @@ impl Connections {
         let name = identity.name;
         let mut checks: Vec<Arc<dyn Check>> = Vec::new();
         let pool = if identity.uses_database {
-            let pool = db::connect(&config.database_url, name, config.db_pool_size).await?;
+            let pool = db::connect_service(config, name, config.db_pool_size).await?;
             program
                 .migrate(&pool)
                 .await

@@ -125,9 +125,10 @@ pub async fn run(
     settings: &Settings,
     broker: Option<&Broker>,
 ) -> anyhow::Result<Report> {
+    // As the read-only `audit` role when SHOP_DB_PASSWORDS has one.
     let pool = PgPoolOptions::new()
         .max_connections(1)
-        .connect(&config.database_url)
+        .connect_with(shop_platform::db::login(config, "audit")?)
         .await
         .with_context(|| {
             format!(

@@ -150,6 +150,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Up => {
             with_development_admin(&mut settings);
             with_assertion_keys(&mut config, KeyDefault::PerRun)?;
+            crate::setup_roles(&config).await?;
             serve(&config, &settings, &names().collect::<Vec<_>>()).await
         }
         Command::Run { program } => {
@@ -157,6 +158,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             serve(&config, &settings, &[program.as_str()]).await
         }
         Command::Migrate => {
+            crate::setup_roles(&config).await?;
             for e in PROGRAMS {
                 service::migrate((e.build)(&settings).as_ref(), &config).await?;
             }
@@ -188,7 +190,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Seed => {
             let products = program(shop_products::program::IDENTITY.name, &settings)
                 .expect("products is a program");
-            let pool = shop_platform::db::connect(&config.database_url, products.name(), 2).await?;
+            let pool = shop_platform::db::connect_service(&config, products.name(), 2).await?;
             products.migrate(&pool).await?;
             let n = shop_products::seed(&pool).await?;
             println!(

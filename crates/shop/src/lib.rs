@@ -207,6 +207,17 @@ pub fn fleet(config: &Config, settings: &Settings) -> Fleet {
 }
 
 /// The environment variable of a program's port.
+/// The PostgreSQL roles of every service with a schema (and `shop audit`'s), when
+/// `SHOP_DB_PASSWORDS` asks for them; see [`shop_platform::db::setup_roles`].
+pub async fn setup_roles(config: &Config) -> anyhow::Result<()> {
+    let schemas: Vec<&str> = PROGRAMS
+        .iter()
+        .filter(|e| e.identity.uses_database)
+        .map(|e| e.identity.name)
+        .collect();
+    shop_platform::db::setup_roles(config, &schemas).await
+}
+
 pub fn port_variable(program: &str) -> String {
     format!("SHOP_{}_PORT", program.to_uppercase())
 }

@@ -44,6 +44,25 @@ pub struct Cluster {
     children: HashMap<&'static str, Child>,
 }
 
+/// Who has a PostgreSQL role of its own: every service with a schema, and the audit.
+pub fn role_names() -> Vec<&'static str> {
+    shop::PROGRAMS
+        .iter()
+        .filter(|e| e.identity.uses_database)
+        .map(|e| e.identity.name)
+        .chain(["audit"])
+        .collect()
+}
+
+/// A fresh password for each of [`role_names`], as `SHOP_DB_PASSWORDS` takes them.
+fn db_passwords() -> String {
+    role_names()
+        .iter()
+        .map(|name| format!("{name}={}", Uuid::new_v4().simple()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -71,6 +90,8 @@ impl Cluster {
                 shop_platform::assertion::Keys::generate(),
             ),
             ("SHOP_LOG".into(), "info,sqlx=warn,lapin=warn".into()),
+            // Least privilege: each service as its own PostgreSQL role, the audit read-only.
+            ("SHOP_DB_PASSWORDS".into(), db_passwords()),
             // Every client of a test is 127.0.0.1: per-address limits would count them all
             // as one (the per-account and gateway limits still apply).
             ("SHOP_LOGINS_PER_ADDRESS_PER_MIN".into(), "100000".into()),
@@ -103,6 +124,7 @@ impl Cluster {
             match k.as_str() {
                 "SHOP_NAMESPACE" => config.namespace = v.clone(),
                 "SHOP_DATABASE_URL" => config.database_url = v.clone(),
+                "SHOP_DB_PASSWORDS" => config.db_passwords = Some(v.clone()),
                 "SHOP_AMQP_URL" => config.amqp_url = v.clone(),
                 "SHOP_REDIS_URL" => config.redis_url = v.clone(),
                 "SHOP_RETRY_DELAYS_MS" => {
@@ -116,6 +138,7 @@ impl Cluster {
         // Create the database once, before seven processes race to.
         let _ = db_url;
         db::ensure_database(&config.database_url).await.unwrap();
+        shop::setup_roles(&config).await.unwrap();
         let log_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join("e2e-logs")
             .join(&ns);
@@ -435,6 +458,7 @@ impl Drop for Cluster {
                 .unwrap();
             rt.block_on(async move {
                 let _ = db::drop_database(&config.database_url).await;
+                let _ = db::drop_roles(&config, &role_names()).await;
                 delete_topology(&config, &shop::topology()).await;
                 delete_redis_keys(&config).await;
             });

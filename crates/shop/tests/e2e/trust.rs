@@ -130,3 +130,63 @@ async fn send(request: reqwest::RequestBuilder) -> reqwest::Response {
         .await
         .unwrap()
 }
+
+/// Each service's PostgreSQL role reads and writes its own schema only, and the audit's
+/// role only reads (the whole e2e suite runs with these roles).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_service_holds_only_its_own_tables() {
+    use sqlx::Connection as _;
+    let shop = Cluster::start(&[]).await;
+    shop.confirmed_order().await;
+    let connect = |name: &'static str| {
+        let opts = shop_platform::db::login(&shop.config, name).unwrap();
+        async move { sqlx::PgConnection::connect_with(&opts).await.unwrap() }
+    };
+    let denied = |r: Result<sqlx::postgres::PgQueryResult, sqlx::Error>, what: &str| {
+        let e = r.expect_err(what);
+        let code = e
+            .as_database_error()
+            .and_then(|d| d.code())
+            .map(|c| c.to_string());
+        assert_eq!(code.as_deref(), Some("42501"), "{what}: {e}");
+    };
+
+    let mut orders = connect("orders").await;
+    let own: i64 = sqlx::query_scalar("SELECT count(*) FROM orders.orders")
+        .fetch_one(&mut orders)
+        .await
+        .unwrap();
+    assert_eq!(own, 1, "orders reads its own table");
+    denied(
+        sqlx::query("SELECT * FROM users.users")
+            .execute(&mut orders)
+            .await,
+        "orders reads users",
+    );
+    denied(
+        sqlx::query("UPDATE payments.payments SET amount_cents = 1")
+            .execute(&mut orders)
+            .await,
+        "orders writes payments",
+    );
+    denied(
+        sqlx::query("CREATE SCHEMA elsewhere")
+            .execute(&mut orders)
+            .await,
+        "orders makes a schema",
+    );
+
+    let mut audit = connect("audit").await;
+    let orders_seen: i64 = sqlx::query_scalar("SELECT count(*) FROM orders.orders")
+        .fetch_one(&mut audit)
+        .await
+        .unwrap();
+    assert_eq!(orders_seen, 1, "the audit reads every schema");
+    denied(
+        sqlx::query("DELETE FROM orders.orders")
+            .execute(&mut audit)
+            .await,
+        "the audit deletes",
+    );
+    shop.audit_clean().await;
+}
