@@ -41,6 +41,30 @@ pub struct Config {
     #[arg(default_value = "postgres://postgres@127.0.0.1:5432/shop")]
     pub database_url: String,
 
+    /// Least privilege in RabbitMQ: `users=secret1,orders=secret2,...`. A program with a
+    /// password here connects as its own user (`shop-<namespace>.<program>`), allowed to
+    /// declare, read and write only its own queues and the events exchange, and declares
+    /// only its own queues. `shop migrate` (and `shop up`) make the users and declare every
+    /// queue, through the management API at `SHOP_AMQP_ADMIN_URL`. Never logged.
+    #[arg(
+        long,
+        env = "SHOP_AMQP_PASSWORDS",
+        global = true,
+        hide_env_values = true
+    )]
+    pub amqp_passwords: Option<String>,
+
+    /// RabbitMQ's management API with an administrator's credentials
+    /// (`http://admin:secret@rabbitmq:15672`), for `shop migrate` to make the users of
+    /// `SHOP_AMQP_PASSWORDS`.
+    #[arg(
+        long,
+        env = "SHOP_AMQP_ADMIN_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub amqp_admin_url: Option<String>,
+
     /// Least privilege in PostgreSQL: `users=secret1,orders=secret2,...,audit=secret7`. A
     /// service with a password here connects as its own role (`<database>_<service>`), which
     /// owns its schema and cannot read another's; `audit` is `shop audit`'s read-only role.
@@ -192,10 +216,12 @@ impl Config {
 
     /// The password of `name`'s own PostgreSQL role, from [`Config::db_passwords`].
     pub fn db_password(&self, name: &str) -> Option<String> {
-        self.db_passwords.as_deref()?.split(',').find_map(|entry| {
-            let (who, password) = entry.split_once('=')?;
-            (who.trim() == name).then(|| password.to_string())
-        })
+        password_of(self.db_passwords.as_deref()?, name)
+    }
+
+    /// The password of `name`'s own RabbitMQ user, from [`Config::amqp_passwords`].
+    pub fn amqp_password(&self, name: &str) -> Option<String> {
+        password_of(self.amqp_passwords.as_deref()?, name)
     }
 
     pub fn shutdown_timeout(&self) -> Duration {
@@ -237,6 +263,14 @@ pub fn redis_key(namespace: &str, key: &str) -> String {
 }
 
 /// Any settings struct with every default, as if no flag or variable were set.
+/// `name`'s entry of a `name=password,...` list.
+fn password_of(list: &str, name: &str) -> Option<String> {
+    list.split(',').find_map(|entry| {
+        let (who, password) = entry.split_once('=')?;
+        (who.trim() == name).then(|| password.to_string())
+    })
+}
+
 pub fn defaults<T: Args + clap::FromArgMatches>() -> T {
     let cmd = T::augment_args(clap::Command::new("shop").no_binary_name(true));
     let m = cmd

@@ -141,6 +141,23 @@ impl Names {
     pub fn connection(&self, program: &str) -> String {
         format!("shop-{}{program}", self.prefix)
     }
+    /// A program's own RabbitMQ user, when it has one (`SHOP_AMQP_PASSWORDS`).
+    pub fn user(&self, program: &str) -> String {
+        format!("shop-{}{program}", self.prefix)
+    }
+    /// What `program`'s own user may do, as RabbitMQ's (configure, write, read) patterns:
+    /// declare, bind and consume its own queues (work, retry, dead letters) and publish to
+    /// the events exchange; publishing a retry or a dead letter goes through the default
+    /// exchange.
+    pub fn permissions(&self, program: &str) -> [String; 3] {
+        let esc = |s: &str| s.replace('.', "\\.");
+        let exchange = esc(&self.exchange());
+        let queue = esc(&self.queue(program));
+        let own = format!("^({exchange}|{queue}|{queue}\\.dlq|{queue}\\.retry\\.[0-9]+)$");
+        let write =
+            format!("^(amq\\.default|{exchange}|{queue}|{queue}\\.dlq|{queue}\\.retry\\.[0-9]+)$");
+        [own.clone(), write, own]
+    }
 }
 
 #[cfg(test)]

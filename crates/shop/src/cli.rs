@@ -151,6 +151,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             with_development_admin(&mut settings);
             with_assertion_keys(&mut config, KeyDefault::PerRun)?;
             crate::setup_roles(&config).await?;
+            crate::setup_broker_users(&config).await?;
             serve(&config, &settings, &names().collect::<Vec<_>>()).await
         }
         Command::Run { program } => {
@@ -159,6 +160,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate => {
             crate::setup_roles(&config).await?;
+            crate::setup_broker_users(&config).await?;
             for e in PROGRAMS {
                 service::migrate((e.build)(&settings).as_ref(), &config).await?;
             }

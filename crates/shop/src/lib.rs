@@ -218,6 +218,78 @@ pub async fn setup_roles(config: &Config) -> anyhow::Result<()> {
     shop_platform::db::setup_roles(config, &schemas).await
 }
 
+/// Each broker-using program's own RabbitMQ user with its permissions (through the
+/// management API at `SHOP_AMQP_ADMIN_URL`), then every queue declared as `SHOP_AMQP_URL`'s
+/// user, when `SHOP_AMQP_PASSWORDS` asks for users; see [`shop_platform::topology::Names::permissions`].
+pub async fn setup_broker_users(config: &Config) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    if config.amqp_passwords.is_none() {
+        return Ok(());
+    }
+    let admin = config.amqp_admin_url.as_deref().context(
+        "SHOP_AMQP_PASSWORDS needs SHOP_AMQP_ADMIN_URL (RabbitMQ's management API) to make the users",
+    )?;
+    let mut base = url::Url::parse(admin).context("SHOP_AMQP_ADMIN_URL is not a URL")?;
+    let (login, password) = (
+        base.username().to_string(),
+        base.password().map(str::to_string),
+    );
+    let _ = base.set_username("");
+    let _ = base.set_password(None);
+    let amqp = url::Url::parse(&config.amqp_url).context("SHOP_AMQP_URL is not a URL")?;
+    let vhost = match amqp.path().trim_start_matches('/') {
+        "" => "/".to_string(),
+        v => percent_encoding::percent_decode_str(v)
+            .decode_utf8_lossy()
+            .into_owned(),
+    };
+    let api = |segments: &[&str]| {
+        let mut u = base.clone();
+        u.path_segments_mut()
+            .expect("an http URL")
+            .pop_if_empty()
+            .extend(segments);
+        u
+    };
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()?;
+    let names = shop_platform::topology::Names::new(&config.namespace);
+    for e in PROGRAMS.iter().filter(|e| e.identity.uses_broker) {
+        let name = e.identity.name;
+        let secret = config.amqp_password(name).with_context(|| {
+            format!("SHOP_AMQP_PASSWORDS has no password for {name} (it needs one per program that uses RabbitMQ)")
+        })?;
+        let user = names.user(name);
+        let [configure, write, read] = names.permissions(name);
+        for (url, body) in [
+            (
+                api(&["api", "users", &user]),
+                serde_json::json!({"password": secret, "tags": ""}),
+            ),
+            (
+                api(&["api", "permissions", &vhost, &user]),
+                serde_json::json!({"configure": configure, "write": write, "read": read}),
+            ),
+        ] {
+            http.put(url.clone())
+                .basic_auth(&login, password.as_deref())
+                .json(&body)
+                .send()
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .with_context(|| format!("making RabbitMQ user {user} at {}", url.path()))?;
+        }
+    }
+    let broker = shop_platform::amqp::Broker::connect(
+        shop_platform::amqp::BrokerConfig::for_setup(config, topology()),
+        Arc::new(shop_platform::metrics::Metrics::new("shop-setup")),
+    )
+    .await?;
+    broker.close().await;
+    Ok(())
+}
+
 pub fn port_variable(program: &str) -> String {
     format!("SHOP_{}_PORT", program.to_uppercase())
 }

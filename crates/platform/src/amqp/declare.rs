@@ -68,7 +68,8 @@ pub async fn declare_topology(ch: &Channel, cfg: &BrokerConfig) -> anyhow::Resul
     )
     .await
     .context("declaring the events exchange")?;
-    for service in cfg.topology.consuming_services() {
+    let own = |service: &&str| cfg.declare_only.as_deref().is_none_or(|o| o == *service);
+    for service in cfg.topology.consuming_services().filter(own) {
         let queue = names.queue(service);
         let dlq = names.dead_letter_queue(service);
         let args = expiring_into(cfg, u64::from(cfg.message_ttl_ms), dlq.as_str());

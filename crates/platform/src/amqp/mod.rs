@@ -57,20 +57,38 @@ pub struct BrokerConfig {
     /// Whether to declare the topology on (re)connect. Tools that only inspect queues
     /// (`shop dlq`, `shop audit`) do not, so their settings cannot clash with the services'.
     pub declare_topology: bool,
+    /// Declare only this service's queues (and the exchange): it connects as its own user,
+    /// which may not declare others' (`shop migrate` declared them all).
+    pub declare_only: Option<String>,
 }
 
 impl BrokerConfig {
     pub fn from_config(cfg: &Config, program: &str, topology: Topology) -> Self {
+        let names = Names::new(&cfg.namespace);
+        let own_user = cfg.amqp_password(program);
         BrokerConfig {
             topology,
-            url: cfg.amqp_url.clone(),
-            names: Names::new(&cfg.namespace),
+            url: match &own_user {
+                Some(password) => with_credentials(&cfg.amqp_url, &names.user(program), password),
+                None => cfg.amqp_url.clone(),
+            },
+            declare_only: own_user.map(|_| program.to_string()),
+            names,
             prefetch: cfg.prefetch,
             message_ttl_ms: cfg.message_ttl_ms,
             retry_delays: cfg.retry_delays(),
             queue_type: cfg.queue_type,
             connection_name: Names::new(&cfg.namespace).connection(program),
             declare_topology: true,
+        }
+    }
+
+    /// For `shop migrate`: as `SHOP_AMQP_URL`'s (administrator's) user, declaring everything.
+    pub fn for_setup(cfg: &Config, topology: Topology) -> Self {
+        BrokerConfig {
+            url: cfg.amqp_url.clone(),
+            declare_only: None,
+            ..Self::from_config(cfg, "shop-setup", topology)
         }
     }
 
@@ -81,4 +99,15 @@ impl BrokerConfig {
             ..Self::from_config(cfg, tool, topology)
         }
     }
+}
+
+/// `url` with its user and password replaced (percent-encoded as a URL needs).
+fn with_credentials(url: &str, user: &str, password: &str) -> String {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return url.to_string();
+    };
+    if parsed.set_username(user).is_err() || parsed.set_password(Some(password)).is_err() {
+        return url.to_string();
+    }
+    parsed.to_string()
 }

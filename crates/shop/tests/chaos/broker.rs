@@ -140,3 +140,53 @@ async fn broker_memory_alarm() {
     c.healed("watermark restored to 0.4");
     c.finish(Expect::normal()).await;
 }
+
+/// Least privilege in the broker: every program runs as its own RabbitMQ user (as in every
+/// scenario here), the saga goes through, and payments' user may take messages from its own
+/// queues only: not from the orders queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_program_consumes_only_its_own_queues() {
+    use lapin::{options::BasicConsumeOptions, types::FieldTable};
+    use shop_platform::{amqp::BrokerConfig, topology::Names};
+    let _turn = crate::turn().await;
+    let servers = crate::servers::Servers::start().await;
+    let mut env = servers.env();
+    env.push((
+        "SHOP_AMQP_PASSWORDS".into(),
+        crate::cluster::amqp_passwords(),
+    ));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let shop = crate::cluster::Cluster::start(&env).await;
+    shop.confirmed_order().await;
+
+    let payments = BrokerConfig::from_config(&shop.config, "payments", shop::topology());
+    assert!(
+        payments.url.contains("shop-"),
+        "payments connects as its own user"
+    );
+    let conn = lapin::Connection::connect(&payments.url, Default::default())
+        .await
+        .unwrap();
+    let names = Names::new(&shop.config.namespace);
+    let consume = |queue: String| {
+        let conn = &conn;
+        async move {
+            let ch = conn.create_channel().await.unwrap();
+            ch.basic_consume(
+                queue.as_str().into(),
+                "least-privilege-test".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+        }
+    };
+    let refused = consume(names.queue("orders"))
+        .await
+        .expect_err("payments consumed orders' queue");
+    assert!(refused.to_string().contains("ACCESS_REFUSED"), "{refused}");
+    consume(names.dead_letter_queue("payments"))
+        .await
+        .expect("payments may consume its own dead letters");
+    let _ = conn.close(200, "done".into()).await;
+}

@@ -125,6 +125,11 @@ impl Chaos {
         let servers = Servers::start().await;
         let mut env: Vec<(String, String)> = servers.env();
         env.push(("SHOP_SAGA_DEADLINE_MS".into(), SAGA_DEADLINE_MS.into()));
+        // Least privilege in the broker too: each program as its own user.
+        env.push((
+            "SHOP_AMQP_PASSWORDS".into(),
+            crate::cluster::amqp_passwords(),
+        ));
         for (k, v) in extra {
             env.retain(|(ek, _)| ek != k);
             env.push((k.to_string(), v.to_string()));

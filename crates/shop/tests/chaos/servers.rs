@@ -140,6 +140,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 pub struct Rabbit {
     pub node: String,
     pub port: u16,
+    /// The management API's (`shop migrate` makes the programs' own users through it).
+    pub management_port: u16,
     dist_port: u16,
     dir: PathBuf,
 }
@@ -153,17 +155,26 @@ impl Rabbit {
         while dist_port == port {
             dist_port = free_port();
         }
+        let mut management_port = free_port();
+        while management_port == port || management_port == dist_port {
+            management_port = free_port();
+        }
         std::fs::create_dir_all(dir.join("mnesia")).unwrap();
         std::fs::create_dir_all(dir.join("log")).unwrap();
         std::fs::write(
             dir.join("rabbitmq.conf"),
-            format!("listeners.tcp.local = 127.0.0.1:{port}\n"),
+            format!(
+                "listeners.tcp.local = 127.0.0.1:{port}\n\
+                 management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {management_port}\n"
+            ),
         )
         .unwrap();
+        std::fs::write(dir.join("enabled_plugins"), "[rabbitmq_management].\n").unwrap();
         chown(&dir, "rabbitmq");
         Rabbit {
             node: format!("chaos{}@localhost", &id[..10]),
             port,
+            management_port,
             dist_port,
             dir,
         }
@@ -171,6 +182,10 @@ impl Rabbit {
 
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    pub fn management_url(&self) -> String {
+        format!("http://guest:guest@127.0.0.1:{}", self.management_port)
     }
 
     fn pid_file(&self) -> PathBuf {
@@ -237,6 +252,10 @@ impl Rabbit {
                 ("RABBITMQ_PID_FILE", path(self.pid_file())),
                 // Our own configuration file: the machine's binds the standard port.
                 ("RABBITMQ_CONFIG_FILE", path(d.join("rabbitmq.conf"))),
+                (
+                    "RABBITMQ_ENABLED_PLUGINS_FILE",
+                    path(d.join("enabled_plugins")),
+                ),
             ],
         );
         c.arg("-detached");
@@ -527,6 +546,7 @@ impl Servers {
     pub fn env(&self) -> Vec<(String, String)> {
         vec![
             ("SHOP_AMQP_URL".into(), self.rabbit.url()),
+            ("SHOP_AMQP_ADMIN_URL".into(), self.rabbit.management_url()),
             ("SHOP_REDIS_URL".into(), self.redis.url()),
             ("SHOP_DATABASE_URL".into(), self.postgres.url()),
         ]

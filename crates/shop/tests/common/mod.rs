@@ -56,7 +56,23 @@ pub fn role_names() -> Vec<&'static str> {
 
 /// A fresh password for each of [`role_names`], as `SHOP_DB_PASSWORDS` takes them.
 fn db_passwords() -> String {
-    role_names()
+    passwords(role_names())
+}
+
+/// A fresh password for each program that uses RabbitMQ, as `SHOP_AMQP_PASSWORDS` takes
+/// them (for a broker whose management API the test knows: the fault suite's).
+pub fn amqp_passwords() -> String {
+    passwords(
+        shop::PROGRAMS
+            .iter()
+            .filter(|e| e.identity.uses_broker)
+            .map(|e| e.identity.name)
+            .collect(),
+    )
+}
+
+fn passwords(names: Vec<&str>) -> String {
+    names
         .iter()
         .map(|name| format!("{name}={}", Uuid::new_v4().simple()))
         .collect::<Vec<_>>()
@@ -125,6 +141,8 @@ impl Cluster {
                 "SHOP_NAMESPACE" => config.namespace = v.clone(),
                 "SHOP_DATABASE_URL" => config.database_url = v.clone(),
                 "SHOP_DB_PASSWORDS" => config.db_passwords = Some(v.clone()),
+                "SHOP_AMQP_PASSWORDS" => config.amqp_passwords = Some(v.clone()),
+                "SHOP_AMQP_ADMIN_URL" => config.amqp_admin_url = Some(v.clone()),
                 "SHOP_AMQP_URL" => config.amqp_url = v.clone(),
                 "SHOP_REDIS_URL" => config.redis_url = v.clone(),
                 "SHOP_RETRY_DELAYS_MS" => {
@@ -139,6 +157,7 @@ impl Cluster {
         let _ = db_url;
         db::ensure_database(&config.database_url).await.unwrap();
         shop::setup_roles(&config).await.unwrap();
+        shop::setup_broker_users(&config).await.unwrap();
         let log_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join("e2e-logs")
             .join(&ns);
