@@ -28,10 +28,24 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
+    eventually_some(what, deadline, || {
+        let holds = cond();
+        async move { holds.await.then_some(()) }
+    })
+    .await
+}
+
+/// Polls `probe` every 25 ms until it gives a value, and returns it; panics with `what`
+/// once `deadline` has passed.
+pub async fn eventually_some<T, F, Fut>(what: &str, deadline: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
     let until = tokio::time::Instant::now() + deadline;
     loop {
-        if cond().await {
-            return;
+        if let Some(value) = probe().await {
+            return value;
         }
         if tokio::time::Instant::now() > until {
             panic!("timed out after {deadline:?} waiting for: {what}");

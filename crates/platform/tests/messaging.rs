@@ -13,7 +13,7 @@ use std::{
 
 use async_trait::async_trait;
 use lapin::{BasicProperties, options::BasicPublishOptions};
-use shop_platform::testkit::{Proxy, TestEnv, eventually};
+use shop_platform::testkit::{Proxy, TestEnv, eventually, eventually_some};
 use shop_platform::{
     Envelope, Event as _,
     amqp::Broker,
@@ -316,15 +316,10 @@ async fn poison_messages_are_dead_lettered_with_a_reason_while_others_flow_and_c
         effects(&pool, good.id).await == 1
     })
     .await;
-    let mut letters = Vec::new();
-    for _ in 0..200 {
-        letters = h.dead_letters().await;
-        if letters.len() == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert_eq!(letters.len(), 3, "{letters:#?}");
+    let letters = eventually_some("three dead letters", WAIT, || async {
+        Some(h.dead_letters().await).filter(|l| l.len() == 3)
+    })
+    .await;
     let reason_of = |id: &str| {
         letters
             .iter()

@@ -6,6 +6,8 @@
 
 use std::{os::unix::process::ExitStatusExt as _, time::Duration};
 
+use shop_platform::testkit::{eventually, eventually_some};
+
 use crate::harness::{Chaos, Expect};
 
 async fn service_killed(program: &'static str, name: &str) {
@@ -22,19 +24,8 @@ async fn service_killed(program: &'static str, name: &str) {
         .await;
     } else {
         // Its work waits in its queue.
-        let until = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let depth = c.queue_depth(program).await;
-            if depth >= 20 {
-                c.note(format!("{depth} messages waiting in {program}'s queue"));
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < until,
-                "no work piled up for {program}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let depth = piles_up(&c, program, 20).await;
+        c.note(format!("{depth} messages waiting in {program}'s queue"));
     }
     c.cluster.spawn(program);
     c.healed(&format!("{program} started again"));
@@ -143,34 +134,20 @@ crash_points! {
 
 /// Waits until `service`'s queue holds at least `n` messages.
 async fn piles_up(c: &Chaos, service: &str, n: u32) -> u32 {
-    let until = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let depth = c.queue_depth(service).await;
-        if depth >= n {
-            return depth;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "{service}'s queue holds {depth} messages, waited for {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let what = format!("{service}'s queue to hold {n} messages");
+    eventually_some(&what, Duration::from_secs(60), || async {
+        Some(c.queue_depth(service).await).filter(|depth| *depth >= n)
+    })
+    .await
 }
 
 /// Waits until `service`'s queue is empty.
 async fn drained(c: &Chaos, service: &str) {
-    let until = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let depth = c.queue_depth(service).await;
-        if depth == 0 {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "{service}'s queue still holds {depth} messages"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let what = format!("{service}'s queue to be empty");
+    eventually(&what, Duration::from_secs(60), || async {
+        c.queue_depth(service).await == 0
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -8,6 +8,8 @@ use reqwest::StatusCode;
 use shop_platform::{Envelope, bus::Publisher as _};
 use sqlx::{Connection as _, PgConnection};
 
+use shop_platform::testkit::{eventually, eventually_some};
+
 use crate::harness::{Chaos, Expect};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -56,21 +58,15 @@ async fn postgres_down_longer_than_every_retry_delay() {
         let event: Envelope = serde_json::from_str(body).unwrap();
         broker.publish(&event).await.unwrap();
     }
-    let until = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let postponed = c.metric_sum("shop_messages_postponed_total").await;
-        if postponed >= 30 {
-            c.note(format!(
-                "{postponed} deliveries postponed while the database was away"
-            ));
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "only {postponed} deliveries postponed while the database was away"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let postponed = eventually_some(
+        "30 deliveries postponed while the database is away",
+        Duration::from_secs(60),
+        || async { Some(c.metric_sum("shop_messages_postponed_total").await).filter(|n| *n >= 30) },
+    )
+    .await;
+    c.note(format!(
+        "{postponed} deliveries postponed while the database was away"
+    ));
     broker.close().await;
     c.servers.postgres.start().await;
     c.healed("pg_ctl start (crash recovery)");
@@ -152,21 +148,26 @@ async fn redis_killed_and_restarted() {
     c.healed("redis-server started again, empty");
 
     // The session is gone: the old token gets 401 (after the reconnection, never 500).
-    let until = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut seen = Vec::new();
-    loop {
-        let s = c.get("/api/me", Some(&old_token)).await;
-        seen.push(s.as_u16());
-        if s == StatusCode::UNAUTHORIZED {
-            break;
-        }
-        assert!(
-            s == StatusCode::SERVICE_UNAVAILABLE && tokio::time::Instant::now() < until,
-            "the old token after Redis lost its sessions: {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    c.note(format!("old token after the restart: {seen:?}"));
+    let seen = std::sync::Mutex::new(Vec::new());
+    eventually(
+        "the old token answered 401",
+        Duration::from_secs(30),
+        || async {
+            let s = c.get("/api/me", Some(&old_token)).await;
+            let mut seen = seen.lock().unwrap();
+            seen.push(s.as_u16());
+            assert!(
+                s == StatusCode::UNAUTHORIZED || s == StatusCode::SERVICE_UNAVAILABLE,
+                "the old token after Redis lost its sessions: {seen:?}"
+            );
+            s == StatusCode::UNAUTHORIZED
+        },
+    )
+    .await;
+    c.note(format!(
+        "old token after the restart: {:?}",
+        seen.into_inner().unwrap()
+    ));
     for p in &products {
         assert_eq!(
             c.get(&format!("/api/products/{p}"), None).await,
