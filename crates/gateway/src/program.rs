@@ -82,6 +82,7 @@ impl Program for Gateway {
             .connect_timeout(Duration::from_secs(2))
             .timeout(timeout)
             .pool_max_idle_per_host(64)
+            .pool_idle_timeout(ctx.config.client_idle_timeout())
             .tcp_nodelay(true)
             .build()?;
         // Event streams are long and few: no idle pool, so a stream's connection closes

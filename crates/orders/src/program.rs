@@ -46,6 +46,7 @@ impl Program for Orders {
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(32)
+            .pool_idle_timeout(ctx.config.client_idle_timeout())
             .build()?;
         let state = http::AppState {
             pool: pool.clone(),

@@ -228,6 +228,13 @@ impl Config {
         Duration::from_secs(self.shutdown_timeout_secs)
     }
 
+    /// How long a program keeps an idle pooled connection to another: less than the
+    /// servers' header-read timeout, which closes idle connections, so that a request is
+    /// never sent on a connection the server is closing at that moment.
+    pub fn client_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.http_header_timeout_secs.max(1) * 1000 / 2)
+    }
+
     /// What one client may hold of a program's HTTP server.
     pub fn server_limits(&self) -> crate::server::Limits {
         crate::server::Limits {

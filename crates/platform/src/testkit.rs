@@ -229,7 +229,11 @@ impl TestService {
             env,
             running,
             broker,
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                // Below the servers' idle timeout (see `Config::client_idle_timeout`).
+                .pool_idle_timeout(Config::defaults().client_idle_timeout())
+                .build()
+                .expect("an HTTP client"),
         }
     }
 

@@ -133,6 +133,8 @@ pub async fn run(config: &Config, settings: &Settings, args: LoadArgs) -> anyhow
     let base = args.gateway.trim_end_matches('/').to_string();
     let http = Client::builder()
         .pool_max_idle_per_host(args.concurrency + args.poll_concurrency + 8)
+        // The gateway closes connections idle past its header-read timeout.
+        .pool_idle_timeout(config.client_idle_timeout())
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(2))
         .timeout(REQUEST_TIMEOUT)

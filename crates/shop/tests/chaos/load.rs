@@ -89,6 +89,7 @@ impl Trickle {
     ) -> Trickle {
         let http = Client::builder()
             .timeout(Duration::from_secs(15))
+            .pool_idle_timeout(shop_platform::config::Config::defaults().client_idle_timeout())
             .build()
             .unwrap();
         let tally = Arc::new(Mutex::new(Tally::default()));

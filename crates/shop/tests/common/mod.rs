@@ -186,6 +186,7 @@ impl Cluster {
             admin,
             http: Client::builder()
                 .timeout(Duration::from_secs(30))
+                .pool_idle_timeout(Config::defaults().client_idle_timeout())
                 .build()
                 .unwrap(),
             log_dir,
