@@ -173,10 +173,22 @@ pub async fn setup_roles(config: &Config, schemas: &[&str]) -> anyhow::Result<()
                  FOR o IN SELECT c.relname, c.relkind FROM pg_class c
                           WHERE c.relnamespace = {schema_literal}::regnamespace
                             AND c.relkind IN ('r', 'p', 'S', 'v', 'm')
-                            AND pg_get_userbyid(c.relowner) <> {role_literal} LOOP
+                            AND pg_get_userbyid(c.relowner) <> {role_literal}
+                            -- A serial's sequence follows its table (and may not move alone).
+                            AND NOT (c.relkind = 'S' AND EXISTS (
+                                SELECT 1 FROM pg_depend d
+                                WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                                  AND d.deptype IN ('a', 'i'))) LOOP
                      EXECUTE format('ALTER %s %I.%I OWNER TO %I',
                          CASE WHEN o.relkind = 'S' THEN 'SEQUENCE' ELSE 'TABLE' END,
                          {schema_literal}, o.relname, {role_literal});
+                 END LOOP;
+                 FOR o IN SELECT p.proname, pg_get_function_identity_arguments(p.oid) AS args
+                          FROM pg_proc p
+                          WHERE p.pronamespace = {schema_literal}::regnamespace
+                            AND pg_get_userbyid(p.proowner) <> {role_literal} LOOP
+                     EXECUTE format('ALTER ROUTINE %I.%I(%s) OWNER TO %I',
+                         {schema_literal}, o.proname, o.args, {role_literal});
                  END LOOP;
              END $$;\n",
             schema_literal = literal(schema),
