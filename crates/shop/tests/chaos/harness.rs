@@ -13,7 +13,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use shop_platform::{
     dlq::{self, DeadLetter},
-    testkit::eventually,
+    testkit::{eventually, eventually_some},
 };
 use sqlx::{Connection as _, PgConnection};
 use tokio::time::Instant;
@@ -296,6 +296,22 @@ impl Chaos {
         let _ = ch.close(200, "depth".into()).await;
         broker.close().await;
         depth
+    }
+
+    /// Waits until `service`'s work queue holds at least `n` messages; returns its depth.
+    pub async fn piles_up(&self, service: &str, n: u32) -> u32 {
+        let what = format!("{service}'s queue to hold {n} messages");
+        eventually_some(&what, Duration::from_secs(60), || async {
+            Some(self.queue_depth(service).await).filter(|depth| *depth >= n)
+        })
+        .await
+    }
+
+    /// Waits until `service`'s work queue is empty.
+    pub async fn drained(&self, service: &str) {
+        let what = format!("{service}'s queue to be empty");
+        let empty = || async { self.queue_depth(service).await == 0 };
+        eventually(&what, Duration::from_secs(60), empty).await;
     }
 
     /// Sum of a metric (all its label sets) over every program's `/metrics`.

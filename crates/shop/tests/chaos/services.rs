@@ -6,8 +6,6 @@
 
 use std::{os::unix::process::ExitStatusExt as _, time::Duration};
 
-use shop_platform::testkit::{eventually, eventually_some};
-
 use crate::harness::{Chaos, Expect};
 
 async fn service_killed(program: &'static str, name: &str) {
@@ -24,7 +22,7 @@ async fn service_killed(program: &'static str, name: &str) {
         .await;
     } else {
         // Its work waits in its queue.
-        let depth = piles_up(&c, program, 20).await;
+        let depth = c.piles_up(program, 20).await;
         c.note(format!("{depth} messages waiting in {program}'s queue"));
     }
     c.cluster.spawn(program);
@@ -132,24 +130,6 @@ crash_points! {
     payments_crash_after_commit_before_publish: "payments" at "relay.before_publish:3";
 }
 
-/// Waits until `service`'s queue holds at least `n` messages.
-async fn piles_up(c: &Chaos, service: &str, n: u32) -> u32 {
-    let what = format!("{service}'s queue to hold {n} messages");
-    eventually_some(&what, Duration::from_secs(60), || async {
-        Some(c.queue_depth(service).await).filter(|depth| *depth >= n)
-    })
-    .await
-}
-
-/// Waits until `service`'s queue is empty.
-async fn drained(c: &Chaos, service: &str) {
-    let what = format!("{service}'s queue to be empty");
-    eventually(&what, Duration::from_secs(60), || async {
-        c.queue_depth(service).await == 0
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "full suite: scripts/chaos"]
 async fn backlog_of_stopped_consumers() {
@@ -160,21 +140,21 @@ async fn backlog_of_stopped_consumers() {
         let st = c.cluster.terminate(p);
         assert!(st.success(), "{p} stopped cleanly ({st})");
     }
-    let n = piles_up(&c, "inventory", 40).await;
+    let n = c.piles_up("inventory", 40).await;
     c.note(format!("{n} order.created waiting for inventory"));
     // Orders stops too; inventory works through its backlog into orders' queue.
     let st = c.cluster.terminate("orders");
     assert!(st.success(), "orders stopped cleanly ({st})");
     c.cluster.spawn("inventory");
-    drained(&c, "inventory").await;
-    let n = piles_up(&c, "orders", 1).await;
+    c.drained("inventory").await;
+    let n = c.piles_up("orders", 1).await;
     c.note(format!(
         "inventory drained its backlog; {n} stock events waiting for orders"
     ));
     // Orders works through its backlog into payments' queue.
     c.cluster.spawn("orders");
-    drained(&c, "orders").await;
-    let n = piles_up(&c, "payments", 1).await;
+    c.drained("orders").await;
+    let n = c.piles_up("payments", 1).await;
     c.note(format!(
         "orders drained its backlog; {n} payment requests waiting for payments"
     ));
