@@ -342,8 +342,11 @@ pub struct Ops {
 
 /// What a public port says of the program's health: `/health/live`, and `/health/ready`
 /// as `{"status": "ok"}` or a 503 `{"status": "unavailable"}`, naming nothing of what is
-/// behind it (the details and `/metrics` are on the admin port, [`ops_router`]).
+/// behind it (the details and `/metrics` are on the admin port, [`ops_router`]). The answer
+/// is reused for [`PUBLIC_READINESS_TTL`], so a client polling it cannot make the program
+/// check its dependencies (for the gateway: call every service) once per request.
 pub fn public_health_router(ops: Ops) -> Router {
+    let last: Arc<tokio::sync::Mutex<Option<(tokio::time::Instant, bool)>>> = Arc::default();
     Router::new()
         .route(
             "/health/live",
@@ -351,8 +354,19 @@ pub fn public_health_router(ops: Ops) -> Router {
         )
         .route(
             "/health/ready",
-            get(|State(ops): State<Ops>| async move {
-                if readiness(&ops.checks).await.0 {
+            get(move |State(ops): State<Ops>| async move {
+                let ready = {
+                    let mut last = last.lock().await;
+                    match *last {
+                        Some((at, ready)) if at.elapsed() < PUBLIC_READINESS_TTL => ready,
+                        _ => {
+                            let ready = readiness(&ops.checks).await.0;
+                            *last = Some((tokio::time::Instant::now(), ready));
+                            ready
+                        }
+                    }
+                };
+                if ready {
                     (StatusCode::OK, Json(json!({"status": "ok"})))
                 } else {
                     let down = json!({"status": "unavailable"});
@@ -362,6 +376,9 @@ pub fn public_health_router(ops: Ops) -> Router {
         )
         .with_state(ops)
 }
+
+/// How long the public readiness answer is reused.
+pub const PUBLIC_READINESS_TTL: Duration = Duration::from_secs(1);
 
 /// `/health/live`, `/health/ready` (each check's state) and `/metrics`.
 pub fn ops_router(ops: Ops) -> Router {
@@ -651,6 +668,56 @@ impl utoipa::Modify for BearerAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The public readiness is checked at most once per [`PUBLIC_READINESS_TTL`], however
+    /// often it is asked, and names nothing.
+    #[tokio::test(start_paused = true)]
+    async fn public_readiness_is_reused_for_a_second() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tower::ServiceExt as _;
+        struct Counting(Arc<AtomicUsize>);
+        #[async_trait::async_trait]
+        impl crate::health::Check for Counting {
+            fn name(&self) -> String {
+                "counted".into()
+            }
+            async fn check(&self) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                Err("down".into())
+            }
+        }
+        let checks = Arc::new(AtomicUsize::new(0));
+        let app = public_health_router(Ops {
+            checks: Arc::new(vec![
+                Arc::new(Counting(checks.clone())) as Arc<dyn crate::health::Check>
+            ]),
+            metrics: Arc::new(Metrics::new("test")),
+            before_scrape: None,
+        });
+        let ask = || async {
+            let r = app
+                .clone()
+                .oneshot(
+                    Request::get("/health/ready")
+                        .body(axum::body::Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let status = r.status();
+            let body = axum::body::to_bytes(r.into_body(), 1024).await.unwrap();
+            (status, body)
+        };
+        for _ in 0..5 {
+            let (status, body) = ask().await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(&body[..], br#"{"status":"unavailable"}"#);
+        }
+        assert_eq!(checks.load(Ordering::SeqCst), 1);
+        tokio::time::advance(PUBLIC_READINESS_TTL).await;
+        ask().await;
+        assert_eq!(checks.load(Ordering::SeqCst), 2);
+    }
 
     /// A client's request id is kept only if it is short and of safe characters; a forged
     /// log line or an 8 KB id gets a fresh id instead. A timeout is a problem too.
