@@ -222,6 +222,7 @@ mod tests {
     fn line(product_id: Uuid, quantity: i32) -> OrderLine {
         OrderLine {
             product_id,
+            name: String::new(),
             quantity,
             unit_price_cents: 100,
         }

@@ -96,6 +96,7 @@ fn order_created(order_id: Uuid, lines: &[(Uuid, i32)]) -> Envelope {
         .iter()
         .map(|&(product_id, quantity)| OrderLine {
             product_id,
+            name: String::new(),
             quantity,
             unit_price_cents: 1_000,
         })
@@ -131,6 +132,7 @@ fn confirmed(order_id: Uuid) -> Envelope {
             user_id: Uuid::now_v7(),
             total_cents: 1,
             currency: "EUR".into(),
+            items: Vec::new(),
         },
         order_id,
         order_id,

@@ -18,6 +18,9 @@ pub struct NotificationView {
     pub body: String,
     /// The order it is about, if any.
     pub order_id: Option<Uuid>,
+    /// Delivery: pending, sent or refused (the mail server would not take it).
+    #[schema(example = "sent")]
+    pub status: String,
     /// When it was recorded (once per event it answers).
     pub created_at: DateTime<Utc>,
 }
@@ -36,6 +39,7 @@ impl From<crate::store::Notification> for NotificationView {
             subject: n.subject,
             body: n.body,
             order_id: n.order_id,
+            status: n.status,
             created_at: n.created_at,
         }
     }

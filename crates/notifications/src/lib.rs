@@ -1,12 +1,16 @@
-//! The notifications service: tells users about their account and orders, once per fact.
+//! The notifications service: tells users about their account and orders, once per fact,
+//! by e-mail.
 //!
-//! * [`domain`]: what each message says, without I/O;
+//! * [`domain`]: what each message says (templates in `templates/`), without I/O;
 //! * [`store`]: all SQL;
-//! * [`sender`]: how a message leaves (the [`sender::Sender`] seam; the log by default);
-//! * [`handlers`]: `user.registered`, `order.confirmed`, `order.cancelled`;
+//! * [`handlers`]: `user.registered`, `order.confirmed`, `order.cancelled`,
+//!   `payment.refunded`, each recorded as a pending notification;
+//! * [`delivery`]: the worker that sends pending notifications and marks them sent;
+//! * [`sender`]: how a message leaves (SMTP, or the log by default);
 //! * [`http`]: `GET /api/notifications`; [`api`]: its body.
 
 pub mod api;
+pub mod delivery;
 pub mod domain;
 pub mod handlers;
 pub mod http;
@@ -14,5 +18,5 @@ pub mod program;
 pub mod sender;
 pub mod store;
 
-pub use program::Notifications;
-pub use sender::{LogSender, Sender};
+pub use program::{Notifications, NotificationsSettings};
+pub use sender::{Email, LogSender, SendError, Sender, SmtpSender};

@@ -1,54 +1,84 @@
 //! The notifications service against the real servers: facts in through RabbitMQ, one
-//! notification (and one send) per fact, listed over HTTP to their owner only.
+//! notification per fact, recorded in the inbox transaction and delivered afterwards by the
+//! worker (through a recording sender, and through a real SMTP server, aiosmtpd), listed
+//! over HTTP to their owner only.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use reqwest::StatusCode;
 use serde_json::Value;
-use shop_notifications::{Notifications, Sender, store::Notification};
+use shop_notifications::{
+    Email, Notifications, NotificationsSettings, SendError, Sender, delivery,
+};
 use shop_platform::{
     Envelope, Event,
     assertion::HEADER as ASSERTION,
-    events::{OrderCancelled, OrderConfirmed, UserRegistered},
-    testkit::{TestService, WAIT, eventually},
+    events::{OrderCancelled, OrderConfirmed, OrderLine, PaymentRefunded, UserRegistered},
+    testkit::{TestService, WAIT, eventually, free_port, smtp::Smtpd},
 };
 use uuid::Uuid;
 
-/// Records what was sent; fails the first `fail` sends.
+/// Records what was sent; fails the first `fail` sends for now, and refuses for good any
+/// address at `refused.test`.
 #[derive(Default)]
-struct Outbox {
-    sent: Mutex<Vec<Notification>>,
+struct Recorder {
+    sent: Mutex<Vec<Email>>,
     fail: Mutex<usize>,
 }
 
 #[async_trait]
-impl Sender for Outbox {
-    async fn send(&self, n: &Notification) -> anyhow::Result<()> {
+impl Sender for Recorder {
+    async fn send(&self, email: &Email) -> Result<(), SendError> {
+        if email.to_address.ends_with("@refused.test") {
+            return Err(SendError::Permanent("550 no such mailbox".into()));
+        }
         let mut fail = self.fail.lock().unwrap();
         if *fail > 0 {
             *fail -= 1;
-            anyhow::bail!("mail server unavailable");
+            return Err(SendError::Transient("mail server unavailable".into()));
         }
-        self.sent.lock().unwrap().push(n.clone());
+        self.sent.lock().unwrap().push(email.clone());
         Ok(())
     }
 }
 
+fn settings(smtp_url: Option<String>) -> NotificationsSettings {
+    let mut s: NotificationsSettings = shop_platform::config::defaults();
+    s.smtp_url = smtp_url;
+    s.smtp_from = "Shop <shop@shop.test>".into();
+    s.smtp_timeout_secs = 2;
+    s
+}
+
 /// Notifications running on the real servers ([`TestService`]), with its own helpers.
-struct Svc(TestService, Arc<Outbox>);
+struct Svc(TestService, Arc<Recorder>);
 
 shop_platform::deref_to_test_service!(Svc);
 
 impl Svc {
+    /// Sending through a [`Recorder`].
     async fn start() -> Svc {
-        let sender = Arc::new(Outbox::default());
+        let recorder = Arc::new(Recorder::default());
         let notifications = Notifications {
-            sender: sender.clone(),
+            settings: settings(None),
+            sender: Some(recorder.clone()),
         };
         Svc(
             TestService::start(Arc::new(notifications), |_| {}).await,
-            sender,
+            recorder,
+        )
+    }
+
+    /// Sending by SMTP to `smtp`.
+    async fn smtp(smtp: &Smtpd) -> Svc {
+        let notifications = Notifications::new(settings(Some(smtp.url())));
+        Svc(
+            TestService::start(Arc::new(notifications), |_| {}).await,
+            Arc::default(),
         )
     }
 
@@ -56,13 +86,42 @@ impl Svc {
         self.0.stop().await;
     }
 
-    /// (kind, subject, body) of the user's recorded notifications, oldest first.
-    async fn recorded(&self, user_id: Uuid) -> Vec<(String, String, String)> {
-        sqlx::query_as("SELECT kind, subject, body FROM notifications WHERE user_id = $1 ORDER BY created_at, id")
-            .bind(user_id)
-            .fetch_all(&self.env.pool)
+    /// (kind, subject, body, status) of the user's notifications, oldest first.
+    async fn recorded(&self, user_id: Uuid) -> Vec<(String, String, String, String)> {
+        sqlx::query_as(
+            "SELECT kind, subject, body, status FROM notifications WHERE user_id = $1 ORDER BY created_at, id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.env.pool)
+        .await
+        .unwrap()
+    }
+
+    /// (status, attempts, last error) of the one notification about `order_id`.
+    async fn delivery(&self, order_id: Uuid) -> (String, i32, Option<String>) {
+        self.delivery_if_any(order_id)
+            .await
+            .expect("the order's notification is recorded")
+    }
+
+    async fn delivery_if_any(&self, order_id: Uuid) -> Option<(String, i32, Option<String>)> {
+        sqlx::query_as("SELECT status, attempts, last_error FROM notifications WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_optional(&self.env.pool)
             .await
             .unwrap()
+    }
+
+    async fn wait_status(&self, order_id: Uuid, status: &str) -> (String, i32, Option<String>) {
+        shop_platform::testkit::eventually_some(
+            &format!("the notification of {order_id} {status}"),
+            WAIT,
+            || async {
+                let d = self.delivery_if_any(order_id).await;
+                d.filter(|d| d.0 == status)
+            },
+        )
+        .await
     }
 
     async fn sent_events(&self) -> i64 {
@@ -84,16 +143,22 @@ impl Svc {
     }
 }
 
-fn registered(user_id: Uuid) -> Envelope {
+fn registered(user_id: Uuid, email: &str) -> Envelope {
     let e = UserRegistered {
         user_id,
-        email: "ada@example.com".into(),
+        email: email.into(),
         name: "Ada".into(),
     };
     Envelope::new(user_id, &e, user_id, user_id)
 }
 
 fn confirmed(user_id: Uuid, order_id: Uuid) -> Envelope {
+    let line = |name: &str, quantity, unit_price_cents| OrderLine {
+        product_id: Uuid::now_v7(),
+        name: name.into(),
+        quantity,
+        unit_price_cents,
+    };
     Envelope::new(
         order_id,
         &OrderConfirmed {
@@ -101,6 +166,7 @@ fn confirmed(user_id: Uuid, order_id: Uuid) -> Envelope {
             user_id,
             total_cents: 4_250,
             currency: "EUR".into(),
+            items: vec![line("Mug", 2, 1_250), line("Tea & <Biscuits>", 1, 1_750)],
         },
         order_id,
         Uuid::now_v7(),
@@ -116,15 +182,27 @@ fn cancelled(user_id: Uuid, order_id: Uuid, reason: &str) -> Envelope {
     Envelope::new(order_id, &e, order_id, Uuid::now_v7())
 }
 
+fn refunded(user_id: Uuid, order_id: Uuid) -> Envelope {
+    let e = PaymentRefunded {
+        order_id,
+        payment_id: Uuid::now_v7(),
+        amount_cents: 1_999,
+        user_id,
+        currency: "EUR".into(),
+    };
+    Envelope::new(order_id, &e, order_id, Uuid::now_v7())
+}
+
 #[tokio::test]
-async fn each_fact_is_notified_once_however_often_it_arrives() {
+async fn each_fact_is_recorded_once_and_delivered_once_however_often_it_arrives() {
     let svc = Svc::start().await;
     let user = Uuid::now_v7();
     let (kept, lost) = (Uuid::now_v7(), Uuid::now_v7());
     let facts = [
-        registered(user),
+        registered(user, "ada@example.com"),
         confirmed(user, kept),
         cancelled(user, lost, "out_of_stock"),
+        refunded(user, lost),
     ];
     for fact in &facts {
         // The same event twice, and the same fact again under a new id.
@@ -134,54 +212,64 @@ async fn each_fact_is_notified_once_however_often_it_arrives() {
         again.id = Uuid::now_v7();
         svc.publish(&again).await;
     }
-    svc.wait_handled(UserRegistered::TYPE, 3).await;
-    svc.wait_handled(OrderConfirmed::TYPE, 3).await;
-    svc.wait_handled(OrderCancelled::TYPE, 3).await;
+    for t in [
+        UserRegistered::TYPE,
+        OrderConfirmed::TYPE,
+        OrderCancelled::TYPE,
+        PaymentRefunded::TYPE,
+    ] {
+        svc.wait_handled(t, 3).await;
+    }
+    eventually("all four delivered", WAIT, || async {
+        svc.1.sent.lock().unwrap().len() >= 4
+    })
+    .await;
 
     let recorded = svc.recorded(user).await;
-    let kinds: Vec<&str> = recorded.iter().map(|(k, _, _)| k.as_str()).collect();
-    assert_eq!(kinds.len(), 3, "{recorded:?}");
-    for kind in ["welcome", "order_confirmed", "order_cancelled"] {
+    let kinds: Vec<&str> = recorded.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(kinds.len(), 4, "{recorded:?}");
+    for kind in [
+        "welcome",
+        "order_confirmed",
+        "order_cancelled",
+        "payment_refunded",
+    ] {
         assert!(kinds.contains(&kind), "{kinds:?}");
     }
-    let (_, subject, body) = recorded
-        .iter()
-        .find(|(k, _, _)| k == "order_cancelled")
-        .unwrap();
-    assert_eq!(subject, "Your order was cancelled");
+    let body = |kind: &str| recorded.iter().find(|r| r.0 == kind).unwrap().2.clone();
+    let cancelled = body("order_cancelled");
     assert!(
-        body.contains("some items are out of stock") && body.contains(&lost.to_string()),
-        "{body}"
+        cancelled.contains("some items are out of stock") && cancelled.contains(&lost.to_string()),
+        "{cancelled}"
     );
-    let (_, _, body) = recorded
-        .iter()
-        .find(|(k, _, _)| k == "order_confirmed")
-        .unwrap();
-    assert!(body.contains("42.50"), "{body}");
+    let receipt = body("order_confirmed");
     assert!(
-        body.contains("EUR 42.50 charged"),
-        "the currency is named: {body}"
+        receipt.contains("2 x Mug at EUR 12.50 = EUR 25.00")
+            && receipt.contains("Total: EUR 42.50 charged."),
+        "{receipt}"
     );
-    let (_, _, body) = recorded.iter().find(|(k, _, _)| k == "welcome").unwrap();
+    assert!(body("payment_refunded").contains("EUR 19.99"));
+    let welcome = body("welcome");
     assert!(
-        body.contains("Ada") && !body.contains("ada@example.com"),
-        "{body}"
+        welcome.contains("Ada") && !welcome.contains("ada@example.com"),
+        "{welcome}"
     );
 
-    assert_eq!(svc.1.sent.lock().unwrap().len(), 3, "each sent once");
-    assert_eq!(svc.sent_events().await, 3, "one notification.sent each");
-    let per_order: Vec<(Uuid, i64)> = sqlx::query_as(
-        "SELECT order_id, count(*) FROM notifications WHERE order_id IS NOT NULL GROUP BY order_id ORDER BY order_id",
-    )
-    .fetch_all(&svc.env.pool)
-    .await
-    .unwrap();
-    let mut expected = vec![(kept, 1), (lost, 1)];
-    expected.sort();
-    assert_eq!(
-        per_order, expected,
-        "exactly one notification per terminal order"
-    );
+    let sent = svc.1.sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 4, "each delivered once: {sent:?}");
+    assert!(sent.iter().all(|e| e.to_address == "ada@example.com"));
+    let html = &sent
+        .iter()
+        .find(|e| e.kind == "order_confirmed")
+        .unwrap()
+        .html;
+    assert!(html.contains("Tea &amp; &lt;Biscuits&gt;"), "{html}");
+    // The delivery worker marks them after sending: wait for the last mark.
+    eventually("all marked sent", WAIT, || async {
+        svc.recorded(user).await.iter().all(|r| r.3 == "sent")
+    })
+    .await;
+    assert_eq!(svc.sent_events().await, 4, "one notification.sent each");
     svc.stop().await;
 }
 
@@ -193,12 +281,7 @@ async fn cancel_reasons_are_explained_in_words() {
         svc.publish(&cancelled(user, Uuid::now_v7(), reason)).await;
     }
     svc.wait_handled(OrderCancelled::TYPE, 3).await;
-    let bodies: Vec<String> = svc
-        .recorded(user)
-        .await
-        .into_iter()
-        .map(|(_, _, b)| b)
-        .collect();
+    let bodies: Vec<String> = svc.recorded(user).await.into_iter().map(|r| r.2).collect();
     for words in [
         "some items are out of stock",
         "the payment was declined",
@@ -213,23 +296,153 @@ async fn cancel_reasons_are_explained_in_words() {
 }
 
 #[tokio::test]
-async fn a_failed_send_is_retried_and_recorded_once() {
+async fn a_failing_mail_server_delays_delivery_and_never_the_event() {
     let svc = Svc::start().await;
-    *svc.1.fail.lock().unwrap() = 1;
     let (user, order) = (Uuid::now_v7(), Uuid::now_v7());
-    svc.publish(&confirmed(user, order)).await;
-    eventually("sent after a retry", WAIT, || async {
+    svc.publish(&registered(user, "ada@example.com")).await;
+    eventually("the welcome sent", WAIT, || async {
         svc.1.sent.lock().unwrap().len() == 1
     })
     .await;
+    *svc.1.fail.lock().unwrap() = 2;
+    svc.publish(&confirmed(user, order)).await;
     svc.wait_handled(OrderConfirmed::TYPE, 1).await;
-    assert!(
-        svc.metric("shop_messages_retried_total", OrderConfirmed::TYPE)
-            .await
-            >= 1
+    let (status, attempts, _) = svc.wait_status(order, "sent").await;
+    assert_eq!(
+        (status.as_str(), attempts),
+        ("sent", 3),
+        "two failures, then sent"
     );
-    assert_eq!(svc.recorded(user).await.len(), 1);
-    assert_eq!(svc.sent_events().await, 1);
+    assert_eq!(
+        svc.metric("shop_messages_retried_total", OrderConfirmed::TYPE)
+            .await,
+        0,
+        "the event was handled once: the mail server's failures are the worker's"
+    );
+    let sent = svc.1.sent.lock().unwrap().clone();
+    assert_eq!(sent.iter().filter(|e| e.order_id == Some(order)).count(), 1);
+    assert!(svc.counter("notifications_retried").await >= 2);
+    assert!(svc.counter("notifications_sent").await >= 2);
+    assert_eq!(svc.recorded(user).await.len(), 2);
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn a_notification_waits_for_its_address_and_a_refusal_is_kept_with_its_reason() {
+    let svc = Svc::start().await;
+    let (early, refused) = (Uuid::now_v7(), Uuid::now_v7());
+    let (o1, o2) = (Uuid::now_v7(), Uuid::now_v7());
+    // The order's news arrives before the registration: it waits for the address.
+    svc.publish(&confirmed(early, o1)).await;
+    svc.wait_handled(OrderConfirmed::TYPE, 1).await;
+    let (status, _, error) = svc.wait_status(o1, "pending").await;
+    eventually("the missing address noticed", WAIT, || async {
+        svc.delivery(o1).await.2.is_some()
+    })
+    .await;
+    assert_eq!(status, "pending", "{error:?}");
+    svc.publish(&registered(early, "late@example.com")).await;
+    svc.wait_status(o1, "sent").await;
+
+    svc.publish(&registered(refused, "nobody@refused.test"))
+        .await;
+    svc.publish(&confirmed(refused, o2)).await;
+    let (_, attempts, reason) = svc.wait_status(o2, "refused").await;
+    assert_eq!(attempts, 1, "a refusal is not retried");
+    assert_eq!(reason.as_deref(), Some("550 no such mailbox"));
+    let (code, body) = svc.list(Some(refused)).await;
+    assert_eq!(code, StatusCode::OK);
+    let statuses: Vec<&str> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["refused", "refused"], "{body}");
+    assert!(delivery::ADDRESS_WAIT > Duration::from_secs(60));
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn delivers_by_smtp_to_a_real_server_and_holds_mail_while_it_is_away() {
+    let mut smtpd = Smtpd::start(free_port()).await;
+    let svc = Svc::smtp(&smtpd).await;
+    let (ada, nobody) = (Uuid::now_v7(), Uuid::now_v7());
+    let order = Uuid::now_v7();
+    svc.publish(&registered(ada, "ada@example.com")).await;
+    svc.publish(&registered(nobody, "nobody@refused.test"))
+        .await;
+    svc.publish(&confirmed(ada, order)).await;
+    let mail = smtpd.wait_mail(2, WAIT).await;
+    let receipt = mail
+        .iter()
+        .find(|m| m.subject == "Your order is confirmed")
+        .expect("the receipt");
+    let id: Uuid = sqlx::query_scalar("SELECT id FROM notifications WHERE order_id = $1")
+        .bind(order)
+        .fetch_one(&svc.env.pool)
+        .await
+        .unwrap();
+    assert_eq!(receipt.to, "ada@example.com");
+    assert_eq!(receipt.to_header, "Ada <ada@example.com>");
+    assert_eq!(receipt.message_id, format!("<{id}@shop.test>"));
+    assert!(
+        receipt.text.contains("1 x Tea & <Biscuits> at EUR 17.50"),
+        "{}",
+        receipt.text
+    );
+    assert!(
+        receipt.html.contains("<td>Tea &amp; &lt;Biscuits&gt;</td>"),
+        "{}",
+        receipt.html
+    );
+    let (_, _, reason) = {
+        let refused: Uuid = sqlx::query_scalar("SELECT id FROM notifications WHERE user_id = $1")
+            .bind(nobody)
+            .fetch_one(&svc.env.pool)
+            .await
+            .unwrap();
+        shop_platform::testkit::eventually_some("the refusal recorded", WAIT, || async {
+            let r: (String, i32, Option<String>) = sqlx::query_as(
+                "SELECT status, attempts, last_error FROM notifications WHERE id = $1",
+            )
+            .bind(refused)
+            .fetch_one(&svc.env.pool)
+            .await
+            .unwrap();
+            (r.0 == "refused").then_some(r)
+        })
+        .await
+    };
+    assert!(
+        reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("No such mailbox"),
+        "the server's own words: {reason:?}"
+    );
+
+    // The server goes away: the event is still handled at once, the mail waits.
+    smtpd.pause();
+    let later = Uuid::now_v7();
+    svc.publish(&cancelled(ada, later, "payment_failed")).await;
+    svc.wait_handled(OrderCancelled::TYPE, 1).await;
+    eventually("a failed attempt recorded", WAIT, || async {
+        let (status, attempts, error) = svc.delivery(later).await;
+        status == "pending" && attempts >= 1 && error.is_some()
+    })
+    .await;
+    smtpd.resume().await;
+    svc.wait_status(later, "sent").await;
+    let mail = smtpd.wait_mail(3, WAIT).await;
+    let cancelled: Vec<_> = mail
+        .iter()
+        .filter(|m| m.subject == "Your order was cancelled")
+        .collect();
+    assert_eq!(cancelled.len(), 1, "{mail:?}");
+    assert!(cancelled[0].text.contains("the payment was declined"));
+    let ids: std::collections::HashSet<_> = mail.iter().map(|m| &m.message_id).collect();
+    assert_eq!(ids.len(), mail.len(), "no message twice: {mail:?}");
     svc.stop().await;
 }
 
@@ -238,11 +451,11 @@ async fn users_list_only_their_own_notifications_newest_first() {
     let svc = Svc::start().await;
     let (ada, bob) = (Uuid::now_v7(), Uuid::now_v7());
     let order = Uuid::now_v7();
-    svc.publish(&registered(ada)).await;
+    svc.publish(&registered(ada, "ada@example.com")).await;
     svc.wait_handled(UserRegistered::TYPE, 1).await;
     svc.publish(&confirmed(ada, order)).await;
     svc.wait_handled(OrderConfirmed::TYPE, 1).await;
-    svc.publish(&registered(bob)).await;
+    svc.publish(&registered(bob, "bob@example.com")).await;
     svc.wait_handled(UserRegistered::TYPE, 2).await;
 
     let (status, body) = svc.list(Some(ada)).await;
@@ -256,7 +469,15 @@ async fn users_list_only_their_own_notifications_newest_first() {
     keys.sort();
     assert_eq!(
         keys,
-        ["body", "created_at", "id", "kind", "order_id", "subject"]
+        [
+            "body",
+            "created_at",
+            "id",
+            "kind",
+            "order_id",
+            "status",
+            "subject"
+        ]
     );
 
     let (status, body) = svc.list(Some(bob)).await;

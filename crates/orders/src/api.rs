@@ -85,6 +85,7 @@ pub struct StatusEvent {
 #[derive(Clone, Debug, Deserialize)]
 pub struct PricedProduct {
     pub id: Uuid,
+    pub name: String,
     pub price_cents: i64,
     pub currency: String,
 }

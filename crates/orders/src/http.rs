@@ -176,6 +176,7 @@ async fn price(
             .ok_or_else(|| ApiError::validation("items", "total too large"))?;
         lines.push(OrderLine {
             product_id: l.product_id,
+            name: p.name.clone(),
             quantity: l.quantity,
             unit_price_cents: p.price_cents,
         });

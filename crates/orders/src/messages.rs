@@ -7,9 +7,9 @@ use shop_platform::{
     Envelope, Event as _,
     bus::HandlerError,
     events::{
-        OrderCancelled, OrderConfirmed, OrderCreated, PaymentFailed, PaymentRefundRequested,
-        PaymentRefunded, PaymentRequested, PaymentSucceeded, StockRejected, StockReleaseRequested,
-        StockReleased, StockReserved,
+        OrderCancelled, OrderConfirmed, OrderCreated, OrderLine, PaymentFailed,
+        PaymentRefundRequested, PaymentRefunded, PaymentRequested, PaymentSucceeded, StockRejected,
+        StockReleaseRequested, StockReleased, StockReserved,
     },
 };
 use uuid::Uuid;
@@ -84,6 +84,7 @@ pub(crate) fn command_event(
     row: &SagaRow,
     command: &Command,
     cause: Option<&Envelope>,
+    items: &[OrderLine],
 ) -> Envelope {
     let id = row.id;
     macro_rules! emit {
@@ -111,7 +112,8 @@ pub(crate) fn command_event(
             order_id: id,
             user_id: row.user_id,
             total_cents: row.total_cents,
-            currency: row.currency.clone()
+            currency: row.currency.clone(),
+            items: items.to_vec()
         }),
         Command::Cancel(reason) => {
             emit!(OrderCancelled {
@@ -171,7 +173,7 @@ mod tests {
             (Command::Confirm, OrderConfirmed::TYPE),
             (Command::Cancel(CancelReason::Timeout), OrderCancelled::TYPE),
         ] {
-            let e = command_event(&r, &command, None);
+            let e = command_event(&r, &command, None, &[]);
             assert_eq!(e.event_type, expected);
             assert!(PUBLISHES.contains(&expected));
             assert_eq!(e.aggregate_id, r.id);

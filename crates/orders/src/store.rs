@@ -73,11 +73,12 @@ pub async fn insert_order(pool: &PgPool, o: &NewOrder) -> sqlx::Result<bool> {
     }
     for (i, l) in o.lines.iter().enumerate() {
         sqlx::query(
-            "INSERT INTO order_items (order_id, line, product_id, quantity, unit_price_cents) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO order_items (order_id, line, product_id, name, quantity, unit_price_cents) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(o.id)
         .bind(i as i32)
         .bind(l.product_id)
+        .bind(&l.name)
         .bind(l.quantity)
         .bind(l.unit_price_cents)
         .execute(&mut *tx)
@@ -167,11 +168,37 @@ pub async fn apply(
     if status_changed {
         history(tx, row.id, t.state.status).await?;
     }
+    // Only a confirmation tells what was bought (for the customer's receipt).
+    let items = if t.commands.contains(&crate::saga::Command::Confirm) {
+        lines(tx, row.id).await?
+    } else {
+        Vec::new()
+    };
     for command in &t.commands {
-        let event = command_event(row, command, cause);
+        let event = command_event(row, command, cause, &items);
         outbox::enqueue(tx, &event).await?;
     }
     Ok(true)
+}
+
+/// An order's lines, in the order they were placed.
+async fn lines(tx: &mut PgConnection, id: Uuid) -> sqlx::Result<Vec<OrderLine>> {
+    sqlx::query_as::<_, (Uuid, String, i32, i64)>(
+        "SELECT product_id, name, quantity, unit_price_cents FROM order_items WHERE order_id = $1 ORDER BY line",
+    )
+    .bind(id)
+    .fetch_all(tx)
+    .await
+    .map(|rows| {
+        rows.into_iter()
+            .map(|(product_id, name, quantity, unit_price_cents)| OrderLine {
+                product_id,
+                name,
+                quantity,
+                unit_price_cents,
+            })
+            .collect()
+    })
 }
 
 /// The order as its owner sees it (None if it is not theirs or does not exist). One query:

@@ -199,6 +199,8 @@ async fn refund_requested(event: &Envelope, tx: &mut PgConnection) -> Result<(),
         order_id: p.order_id,
         payment_id: p.id,
         amount_cents: p.amount_cents,
+        user_id: p.user_id,
+        currency: p.currency.clone(),
     };
     outbox::enqueue(tx, &event.caused(p.order_id, &refunded)).await?;
     Ok(())

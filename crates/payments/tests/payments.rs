@@ -272,9 +272,16 @@ async fn a_refund_returns_the_money_once() {
     svc.publish(&refund_requested(order, payment_id)).await;
     let events = svc.wait_emitted(order, 2).await;
     assert_eq!(kinds(&events), ["payment.succeeded", "payment.refunded"]);
+    let user_id: Uuid = sqlx::query_scalar("SELECT user_id FROM payments WHERE order_id = $1")
+        .bind(order)
+        .fetch_one(&svc.env.pool)
+        .await
+        .unwrap();
     assert_eq!(
         events[1].payload,
-        json!({"order_id": order, "payment_id": payment_id, "amount_cents": 2_500})
+        json!({"order_id": order, "payment_id": payment_id, "amount_cents": 2_500,
+            "user_id": user_id, "currency": "EUR"}),
+        "whose money and its currency, for the customer's refund notice"
     );
     assert_eq!(svc.status(order).await.as_deref(), Some("refunded"));
     let first_refund: Option<chrono::DateTime<chrono::Utc>> =

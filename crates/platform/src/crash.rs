@@ -4,7 +4,8 @@
 //!
 //! Points: `relay.before_publish` (events committed, not yet published),
 //! `relay.after_publish` (published and confirmed, not yet marked sent),
-//! `consumer.before_ack` (effects committed, message not yet acked).
+//! `consumer.before_ack` (effects committed, message not yet acked),
+//! `notifications.after_send` (an e-mail delivered, not yet marked sent).
 
 use std::sync::{
     LazyLock,

@@ -52,6 +52,9 @@ macro_rules! events {
 #[serde(deny_unknown_fields)]
 pub struct OrderLine {
     pub product_id: Uuid,
+    /// The product's name when the order was placed (empty in events of older versions).
+    #[serde(default)]
+    pub name: String,
     pub quantity: i32,
     pub unit_price_cents: i64,
 }
@@ -75,8 +78,17 @@ events! {
     PaymentSucceeded = "payment.succeeded" { order_id: Uuid, payment_id: Uuid, amount_cents: i64 }
     PaymentFailed = "payment.failed" { order_id: Uuid, reason: String }
     PaymentRefundRequested = "payment.refund_requested" { order_id: Uuid, payment_id: Uuid }
-    PaymentRefunded = "payment.refunded" { order_id: Uuid, payment_id: Uuid, amount_cents: i64 }
-    OrderConfirmed = "order.confirmed" { order_id: Uuid, user_id: Uuid, total_cents: i64, currency: String }
+    PaymentRefunded = "payment.refunded" {
+        order_id: Uuid, payment_id: Uuid, amount_cents: i64,
+        /// Whose money it is, and its currency (nil and empty from older versions).
+        #[serde(default)] user_id: Uuid,
+        #[serde(default)] currency: String
+    }
+    OrderConfirmed = "order.confirmed" {
+        order_id: Uuid, user_id: Uuid, total_cents: i64, currency: String,
+        /// What was bought (empty in events of older versions).
+        #[serde(default)] items: Vec<OrderLine>
+    }
     OrderCancelled = "order.cancelled" { order_id: Uuid, user_id: Uuid, reason: String }
     NotificationSent = "notification.sent" { notification_id: Uuid, user_id: Uuid, kind: String }
 }
@@ -86,14 +98,14 @@ events! {
 pub fn samples() -> Vec<Envelope> {
     use serde_json::json;
     let id = Uuid::now_v7();
-    let line = json!([{"product_id": id, "quantity": 2, "unit_price_cents": 100}]);
+    let line = json!([{"product_id": id, "name": "Mug", "quantity": 2, "unit_price_cents": 100}]);
     vec![
         sample::<UserRegistered>(json!({"user_id": id, "email": "a@b.c", "name": "A"})),
         sample::<ProductCreated>(json!({"product_id": id, "sku": "S", "name": "N",
             "price_cents": 5, "currency": "EUR", "initial_stock": 3})),
         sample::<ProductUpdated>(json!({"product_id": id, "name": "N", "description": "D",
             "price_cents": 1})),
-        sample::<OrderCreated>(json!({"order_id": id, "user_id": id, "items": line,
+        sample::<OrderCreated>(json!({"order_id": id, "user_id": id, "items": line.clone(),
             "total_cents": 200, "currency": "EUR"})),
         sample::<StockReserved>(json!({"order_id": id})),
         sample::<StockRejected>(json!({"order_id": id, "reason": "x"})),
@@ -104,9 +116,10 @@ pub fn samples() -> Vec<Envelope> {
         sample::<PaymentSucceeded>(json!({"order_id": id, "payment_id": id, "amount_cents": 1})),
         sample::<PaymentFailed>(json!({"order_id": id, "reason": "card_declined"})),
         sample::<PaymentRefundRequested>(json!({"order_id": id, "payment_id": id})),
-        sample::<PaymentRefunded>(json!({"order_id": id, "payment_id": id, "amount_cents": 1})),
-        sample::<OrderConfirmed>(json!({"order_id": id, "user_id": id, "total_cents": 1,
-            "currency": "EUR"})),
+        sample::<PaymentRefunded>(json!({"order_id": id, "payment_id": id, "amount_cents": 1,
+            "user_id": id, "currency": "EUR"})),
+        sample::<OrderConfirmed>(json!({"order_id": id, "user_id": id, "total_cents": 200,
+            "currency": "EUR", "items": line})),
         sample::<OrderCancelled>(json!({"order_id": id, "user_id": id, "reason": "timeout"})),
         sample::<NotificationSent>(json!({"notification_id": id, "user_id": id, "kind": "k"})),
     ]

@@ -39,6 +39,12 @@ pub struct Metrics {
     pub cache_errors: Counter,
     pub db_loads: Counter,
     pub http_requests: Family<HttpLabel, Counter>,
+    /// Notifications' delivery (zero in the other programs).
+    pub notifications_sent: Counter,
+    pub notifications_retried: Counter,
+    pub notifications_refused: Counter,
+    pub notifications_pending: Gauge,
+    pub notifications_oldest_pending_age_seconds: Gauge<f64, AtomicU64>,
 }
 
 impl Metrics {
@@ -63,6 +69,11 @@ impl Metrics {
             cache_errors: Counter::default(),
             db_loads: Counter::default(),
             http_requests: Family::default(),
+            notifications_sent: Counter::default(),
+            notifications_retried: Counter::default(),
+            notifications_refused: Counter::default(),
+            notifications_pending: Gauge::default(),
+            notifications_oldest_pending_age_seconds: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -135,6 +146,31 @@ impl Metrics {
             "http_requests",
             "HTTP requests answered",
             m.http_requests.clone(),
+        );
+        registry.register(
+            "notifications_sent",
+            "Notifications delivered (to the mail server, or the log)",
+            m.notifications_sent.clone(),
+        );
+        registry.register(
+            "notifications_retried",
+            "Deliveries that failed for now and wait for a retry",
+            m.notifications_retried.clone(),
+        );
+        registry.register(
+            "notifications_refused",
+            "Notifications the mail server refused for good (recorded with the reason)",
+            m.notifications_refused.clone(),
+        );
+        registry.register(
+            "notifications_pending",
+            "Notifications recorded and not yet delivered or refused",
+            m.notifications_pending.clone(),
+        );
+        registry.register(
+            "notifications_oldest_pending_age_seconds",
+            "Age of the oldest notification waiting for delivery",
+            m.notifications_oldest_pending_age_seconds.clone(),
         );
         Metrics { registry, ..m }
     }

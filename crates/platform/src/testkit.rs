@@ -22,6 +22,33 @@ use crate::{
 use sqlx::PgPool;
 use tokio::net::{TcpListener, TcpStream};
 
+pub mod smtp;
+
+/// A port nobody listens on right now, never the same twice in one test process, and
+/// below the kernel's ephemeral range (32768 and up on Linux), where the outgoing
+/// connections of other tests take their local ports: a port from `bind(0)` could be taken
+/// by one of those, or handed to two clusters, between this check and the program's bind.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    // Each test process starts at its own place in the range.
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {FIRST} and {}", FIRST + SPAN);
+}
+
 /// Polls `cond` every 25 ms until it holds or `deadline` passes.
 pub async fn eventually<F, Fut>(what: &str, deadline: Duration, mut cond: F)
 where
@@ -320,16 +347,26 @@ impl TestService {
 
     /// A per-event-type counter of the service's `/metrics`.
     pub async fn metric(&self, name: &str, event_type: &str) -> u64 {
-        let text = self
-            .http
+        let text = self.metrics_text().await;
+        metrics::sample_sum(&text, name, &[("event_type", event_type)]) as u64
+    }
+
+    /// Counter `shop_<name>_total` of the program's `/metrics` (0 if not yet reported).
+    pub async fn counter(&self, name: &str) -> u64 {
+        let text = self.metrics_text().await;
+        metrics::sample_sum(&text, &format!("shop_{name}_total"), &[]) as u64
+    }
+
+    /// The program's `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        self.http
             .get(self.url("/metrics"))
             .send()
             .await
             .expect("metrics answer")
             .text()
             .await
-            .expect("metrics text");
-        metrics::sample_sum(&text, name, &[("event_type", event_type)]) as u64
+            .expect("metrics text")
     }
 
     /// Deliveries of `event_type` finished (handled or recognised as duplicates).

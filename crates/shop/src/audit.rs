@@ -6,7 +6,8 @@
 //!    never negative, nothing left reserved, and sold = the confirmed orders' quantities;
 //! 3. money: one capture per confirmed order for its exact total; a cancelled order's net
 //!    (captured minus refunded) is zero;
-//! 4. exactly one order notification per terminal order;
+//! 4. exactly one order notification per terminal order, one refund notice per refunded
+//!    payment, and every notification delivered or refused with a reason (none pending);
 //! 5. every outbox row published, work and retry queues drained, no delivery held
 //!    unacknowledged by a consumer, every dead letter listed with its reason.
 
@@ -34,6 +35,11 @@ pub struct Report {
     pub captured_cents: i64,
     pub refunded_cents: i64,
     pub notifications: i64,
+    pub refund_notices: i64,
+    /// Notifications delivered (to the mail server, or the log).
+    pub notifications_sent: i64,
+    /// Notifications the mail server refused for good: "id kind: reason".
+    pub notifications_refused: Vec<String>,
     pub outbox_unsent: i64,
     pub queued_messages: u64,
     /// Deliveries the consumers hold unacknowledged (read from each program's `/metrics`).
@@ -73,6 +79,19 @@ impl Report {
             "order notifications",
             self.notifications.to_string(),
         );
+        for (k, v) in [
+            ("refund notices", self.refund_notices),
+            ("notifications delivered", self.notifications_sent),
+            (
+                "notifications refused",
+                self.notifications_refused.len() as i64,
+            ),
+        ] {
+            row(&mut s, k, v.to_string());
+        }
+        for n in &self.notifications_refused {
+            s.push_str(&format!("  {n}\n"));
+        }
         row(&mut s, "outbox rows unsent", self.outbox_unsent.to_string());
         row(
             &mut s,
@@ -230,6 +249,39 @@ pub async fn run(
                 ));
             }
         }
+    }
+
+    let refund_notices: HashMap<Uuid, i64> = shop_notifications::store::refund_notices(&pool)
+        .await?
+        .into_iter()
+        .collect();
+    for (id, status, _, _) in &orders {
+        let refunded = matches!(payments.get(id), Some((s, _)) if s == "refunded");
+        let n = refund_notices.get(id).copied().unwrap_or(0);
+        r.refund_notices += n;
+        if n != i64::from(refunded) {
+            r.violations.push(format!(
+                "order {id} ({status}) has {n} refund notices, not {}",
+                i64::from(refunded)
+            ));
+        }
+    }
+    let delivery = shop_notifications::store::delivery(&pool).await?;
+    r.notifications_sent = delivery.sent;
+    if delivery.pending > 0 {
+        r.violations.push(format!(
+            "{} notifications not yet delivered (pending)",
+            delivery.pending
+        ));
+    }
+    for (id, kind, reason) in delivery.refused {
+        if reason.is_empty() {
+            r.violations.push(format!(
+                "notification {id} ({kind}) refused without a reason"
+            ));
+        }
+        r.notifications_refused
+            .push(format!("{id} {kind}: {reason}"));
     }
 
     // 5. outboxes and queues

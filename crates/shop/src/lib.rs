@@ -34,6 +34,8 @@ pub struct Settings {
     #[command(flatten)]
     pub payments: shop_payments::program::PaymentsSettings,
     #[command(flatten)]
+    pub notifications: shop_notifications::NotificationsSettings,
+    #[command(flatten)]
     pub gateway: shop_gateway::program::GatewaySettings,
 }
 
@@ -94,7 +96,11 @@ pub const PROGRAMS: &[Entry] = &[
     },
     Entry {
         identity: &shop_notifications::program::IDENTITY,
-        build: |_| Arc::new(shop_notifications::Notifications::default()),
+        build: |s| {
+            Arc::new(shop_notifications::Notifications::new(
+                s.notifications.clone(),
+            ))
+        },
     },
     Entry {
         identity: &shop_gateway::program::IDENTITY,

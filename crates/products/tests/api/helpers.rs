@@ -7,7 +7,6 @@ use serde_json::{Value, json};
 use shop_platform::{
     assertion::HEADER as ASSERTION,
     config::Config,
-    metrics,
     testkit::{TestEnv, TestService},
 };
 use shop_products::Products;
@@ -90,20 +89,6 @@ impl App {
             .send()
             .await
             .unwrap()
-    }
-
-    /// A counter of the program's `/metrics` (0 if not yet reported).
-    pub async fn counter(&self, name: &str) -> u64 {
-        let text = self
-            .http
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        metrics::sample_sum(&text, &format!("shop_{name}_total"), &[]) as u64
     }
 
     /// The cached JSON of a product, read straight from Redis.

@@ -130,6 +130,7 @@ fn poison_set() -> Vec<Poison> {
                     user_id: any,
                     items: vec![OrderLine {
                         product_id: Uuid::now_v7(),
+                        name: "Mug".into(),
                         quantity: 1,
                         unit_price_cents: 100,
                     }],

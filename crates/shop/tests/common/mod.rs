@@ -6,7 +6,6 @@
 
 use std::{
     collections::HashMap,
-    net::TcpListener,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
@@ -79,30 +78,7 @@ fn passwords(names: Vec<&str>) -> String {
         .join(",")
 }
 
-/// A port nobody listens on right now, never the same twice in one test process, and
-/// below the kernel's ephemeral range (32768 and up on Linux), where the outgoing
-/// connections of other tests take their local ports: a port from `bind(0)` could be taken
-/// by one of those, or handed to two clusters, between this check and the program's bind.
-pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const FIRST: u32 = 20_000;
-    const SPAN: u32 = 12_000;
-    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    // Each test process starts at its own place in the range.
-    let _ = NEXT.compare_exchange(
-        u32::MAX,
-        std::process::id().wrapping_mul(7919) % SPAN,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
-    for _ in 0..SPAN {
-        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port between {FIRST} and {}", FIRST + SPAN);
-}
+pub use shop_platform::testkit::free_port;
 
 impl Cluster {
     /// Starts every program with the given extra environment and waits until the gateway

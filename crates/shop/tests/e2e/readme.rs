@@ -71,7 +71,7 @@ async fn the_readme_walk_through_works_as_pasted_twice() {
             ("the order confirmed on its event stream", "CONFIRMED"),
             (
                 "the confirmation notification",
-                "is confirmed and paid (EUR 12.00 charged)",
+                "1 x Mug at EUR 12.00 = EUR 12.00",
             ),
         ];
         let mut rest: &str = &stdout;
