@@ -50,10 +50,10 @@ impl NotificationsSettings {
         Duration::from_secs(self.smtp_timeout_secs)
     }
 
-    /// How long a delivery may take before the notification may be claimed again: three
-    /// command timeouts (connecting, the envelope, the data) and a margin.
+    /// How long a delivery may take before the notification may be claimed again: the
+    /// sender's deadline for one delivery and a margin.
     pub fn lease(&self) -> Duration {
-        self.timeout() * 3 + Duration::from_secs(5)
+        self.timeout() * crate::sender::STEPS + Duration::from_secs(5)
     }
 }
 

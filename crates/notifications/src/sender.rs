@@ -75,7 +75,14 @@ impl Sender for LogSender {
 pub struct SmtpSender {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
+    /// The most one delivery may take, whatever the server does (lettre's own timeout does
+    /// not cover every step: a server silent after AUTH held a delivery forever).
+    deadline: Duration,
 }
+
+/// The commands a delivery waits on, for its overall deadline: connecting and greeting, the
+/// envelope, the data.
+pub const STEPS: u32 = 3;
 
 impl SmtpSender {
     /// A sender for `url` (`smtp://[user:password@]host[:port]`; `?tls=required`,
@@ -94,7 +101,11 @@ impl SmtpSender {
             })?
             .timeout(Some(timeout))
             .build();
-        Ok(SmtpSender { transport, from })
+        Ok(SmtpSender {
+            transport,
+            from,
+            deadline: timeout * STEPS,
+        })
     }
 
     /// The e-mail as it goes on the wire.
@@ -148,12 +159,31 @@ fn transport(url: &str) -> anyhow::Result<AsyncSmtpTransportBuilder> {
     Ok(builder)
 }
 
+/// A 5xx about authentication (RFC 4954: 530 required, 534 mechanism too weak, 535
+/// credentials invalid, 538 encryption required).
+fn is_login_refused(e: &lettre::transport::smtp::Error) -> bool {
+    e.status()
+        .is_some_and(|code| matches!(u16::from(code), 530 | 534 | 535 | 538))
+}
+
 #[async_trait]
 impl Sender for SmtpSender {
     async fn send(&self, email: &Email) -> Result<(), SendError> {
         let message = self.message(email)?;
-        match self.transport.send(message).await {
+        let sent = tokio::time::timeout(self.deadline, self.transport.send(message)).await;
+        let Ok(sent) = sent else {
+            return Err(SendError::Transient(format!(
+                "the mail server did not finish within {} s",
+                self.deadline.as_secs()
+            )));
+        };
+        match sent {
             Ok(_) => Ok(()),
+            // Refused logins say nothing about the message: the shop's own settings are
+            // wrong, and the mail waits until they are fixed.
+            Err(e) if is_login_refused(&e) => Err(SendError::Transient(format!(
+                "the mail server refused the shop's login (check SHOP_SMTP_URL): {e}"
+            ))),
             Err(e) if e.is_permanent() => Err(SendError::Permanent(format!("{e}"))),
             Err(e) => Err(SendError::Transient(format!("{e}"))),
         }

@@ -75,7 +75,12 @@ impl Svc {
 
     /// Sending by SMTP to `smtp`.
     async fn smtp(smtp: &Smtpd) -> Svc {
-        let notifications = Notifications::new(settings(Some(smtp.url())));
+        Svc::smtp_at(smtp.url()).await
+    }
+
+    /// Sending by SMTP to the server at `url`.
+    async fn smtp_at(url: String) -> Svc {
+        let notifications = Notifications::new(settings(Some(url)));
         Svc(
             TestService::start(Arc::new(notifications), |_| {}).await,
             Arc::default(),
@@ -443,6 +448,66 @@ async fn delivers_by_smtp_to_a_real_server_and_holds_mail_while_it_is_away() {
     assert!(cancelled[0].text.contains("the payment was declined"));
     let ids: std::collections::HashSet<_> = mail.iter().map(|m| &m.message_id).collect();
     assert_eq!(ids.len(), mail.len(), "no message twice: {mail:?}");
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn logs_in_to_a_server_that_requires_it_and_waits_while_the_login_is_wrong() {
+    let smtpd = Smtpd::start_with_login(free_port(), "shop", "s3cret/+").await;
+    let url = format!("smtp://shop:{}@127.0.0.1:{}", "s3cret%2F%2B", smtpd.port);
+    let svc = Svc::smtp_at(url).await;
+    let (ada, order) = (Uuid::now_v7(), Uuid::now_v7());
+    svc.publish(&registered(ada, "ada@example.com")).await;
+    svc.publish(&confirmed(ada, order)).await;
+    let mail = smtpd.wait_mail(2, WAIT).await;
+    assert!(mail.iter().all(|m| m.to == "ada@example.com"), "{mail:?}");
+    svc.stop().await;
+
+    let wrong = format!("smtp://shop:wrong@127.0.0.1:{}", smtpd.port);
+    let svc = Svc::smtp_at(wrong).await;
+    let order = Uuid::now_v7();
+    svc.publish(&registered(ada, "ada@example.com")).await;
+    svc.publish(&confirmed(ada, order)).await;
+    let error = shop_platform::testkit::eventually_some("a refused login", WAIT, || async {
+        svc.delivery_if_any(order).await.and_then(|d| d.2)
+    })
+    .await;
+    assert!(error.contains("refused the shop's login"), "{error}");
+    assert_eq!(
+        svc.delivery(order).await.0,
+        "pending",
+        "a wrong password refuses no message for good"
+    );
+    assert_eq!(smtpd.mail().len(), 2, "nothing more arrived");
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_delays_mail_and_holds_nothing() {
+    // Accepts connections and says nothing, ever.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            open.push(socket);
+        }
+    });
+    let svc = Svc::smtp_at(format!("smtp://127.0.0.1:{port}")).await;
+    let (ada, order) = (Uuid::now_v7(), Uuid::now_v7());
+    svc.publish(&registered(ada, "ada@example.com")).await;
+    svc.publish(&confirmed(ada, order)).await;
+    svc.wait_handled(OrderConfirmed::TYPE, 1).await;
+    let error = shop_platform::testkit::eventually_some("a timed-out delivery", WAIT, || async {
+        svc.delivery_if_any(order).await.and_then(|d| d.2)
+    })
+    .await;
+    assert!(
+        error.contains("did not finish within 6 s") || error.contains("timed out"),
+        "{error}"
+    );
+    assert_eq!(svc.delivery(order).await.0, "pending");
+    held.abort();
     svc.stop().await;
 }
 

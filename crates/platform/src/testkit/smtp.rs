@@ -1,7 +1,8 @@
 //! A real SMTP server for tests: aiosmtpd (PyPI), no code of ours speaking SMTP. It keeps
 //! each message it accepts in a Maildir that [`Smtpd::mail`] reads back; a recipient at
-//! `refused.test` is refused for good (550). The server is a child process that can be
-//! stopped and started again on the same port, as a mail server that goes away.
+//! `refused.test` is refused for good (550); [`Smtpd::start_with_login`] requires AUTH. The
+//! server is a child process that can be stopped and started again on the same port, as a
+//! mail server that goes away.
 //!
 //! aiosmtpd is installed on first use into `target/smtp-venv` (a Python virtualenv), or taken
 //! from `SHOP_TEST_SMTPD_PYTHON` (a Python that can `import aiosmtpd`).
@@ -34,6 +35,8 @@ pub struct Mail {
 /// An aiosmtpd server on `127.0.0.1:port`, removed (process and Maildir) on drop.
 pub struct Smtpd {
     pub port: u16,
+    /// `user:password` the server requires, if any.
+    login: Option<String>,
     dir: PathBuf,
     child: Option<Child>,
 }
@@ -41,6 +44,15 @@ pub struct Smtpd {
 impl Smtpd {
     /// Starts the server on `port` and waits until it accepts connections.
     pub async fn start(port: u16) -> Smtpd {
+        Smtpd::start_as(port, None).await
+    }
+
+    /// Starts a server that takes mail only after AUTH as `user` with `password`.
+    pub async fn start_with_login(port: u16, user: &str, password: &str) -> Smtpd {
+        Smtpd::start_as(port, Some(format!("{user}:{password}"))).await
+    }
+
+    async fn start_as(port: u16, login: Option<String>) -> Smtpd {
         let dir =
             std::env::temp_dir().join(format!("shop-smtpd-{}", uuid::Uuid::new_v4().simple()));
         for sub in ["tmp", "new", "cur"] {
@@ -50,6 +62,7 @@ impl Smtpd {
             .expect("writing the handler");
         let mut s = Smtpd {
             port,
+            login,
             dir,
             child: None,
         };
@@ -74,12 +87,16 @@ impl Smtpd {
     pub async fn resume(&mut self) {
         assert!(self.child.is_none(), "the SMTP server is running");
         let log = std::fs::File::create(self.dir.join("smtpd.log")).expect("creating the log");
-        let child = Command::new(python())
-            .args(["-m", "aiosmtpd", "-n", "-l"])
-            .arg(format!("127.0.0.1:{}", self.port))
-            .args(["-c", "smtp_sink.Sink"])
-            .arg(self.dir.join("maildir"))
-            .env("PYTHONPATH", &self.dir)
+        let mut cmd = Command::new(python());
+        cmd.arg(self.dir.join("smtp_sink.py"))
+            .arg("--port")
+            .arg(self.port.to_string())
+            .arg("--maildir")
+            .arg(self.dir.join("maildir"));
+        if let Some(login) = &self.login {
+            cmd.arg("--login").arg(login);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

@@ -20,6 +20,7 @@ mod broker;
 mod cluster;
 mod harness;
 mod load;
+mod mail;
 mod messages;
 mod report;
 mod servers;
