@@ -4,7 +4,8 @@
 //! violated invariant, no unexplained dead letter, no stuck or lost order.
 //!
 //! By default only a representative subset runs (broker killed, a crash point, the poison
-//! burst, and the check that each program's broker user reaches only its own queues): the
+//! burst, the mail server stopped, notifications crashed between sending and marking, and
+//! the check that each program's broker user reaches only its own queues): the
 //! others are `#[ignore = "full suite: scripts/chaos"]`, so a report counts them
 //! as ignored, never as passed. `scripts/chaos` runs them all:
 //!
