@@ -38,7 +38,7 @@ pub struct Cli {
 pub enum Command {
     /// Run all seven programs in one process, each on its own port, talking only through
     /// RabbitMQ and HTTP (for a laptop).
-    Up,
+    Up(UpArgs),
     /// Run one program, as in production.
     Run {
         /// users, products, inventory, orders, payments, notifications or gateway.
@@ -63,11 +63,33 @@ pub enum Command {
     /// latencies, errors and outcomes, then audit; exits non-zero if an order did not
     /// settle or the audit fails.
     Load(crate::load::LoadArgs),
+    /// Exit 0 if URL answers 2xx in time, else 1: a container's healthcheck, for images
+    /// without curl (`shop health http://127.0.0.1:8084/health/ready`).
+    Health {
+        #[arg(default_value = "http://127.0.0.1:8080/health/ready")]
+        url: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 3)]
+        timeout_secs: u64,
+    },
     /// Inspect and re-drive dead-lettered messages.
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
     },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct UpArgs {
+    /// Start private RabbitMQ, Redis and PostgreSQL servers from the binaries installed on
+    /// this machine (on free ports, data in --local-dir), instead of using the servers the
+    /// URLs name; stopped when the shop stops, reused by the next run if still running.
+    #[arg(long, env = "SHOP_LOCAL_SERVERS")]
+    pub local_servers: bool,
+
+    /// Where --local-servers keeps the servers' data (kept across runs).
+    #[arg(long, env = "SHOP_LOCAL_DIR", default_value = ".shop")]
+    pub local_dir: std::path::PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -121,6 +143,22 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
+/// `shop health`: one GET, 2xx or an error naming what came back.
+async fn health(url: &str, timeout_secs: u64) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(timeout_secs))
+        .build()?;
+    let resp = client
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = resp.status();
+    anyhow::ensure!(status.is_success(), "{url} answered {status}");
+    println!("{url}: {status}");
+    Ok(())
+}
+
 /// An error as one line, said once: its causes joined by `: `, each on one line, a cause
 /// left out when the text before it already says it; and what to check when a server could
 /// not be reached.
@@ -138,7 +176,10 @@ pub fn one_line(e: &anyhow::Error) -> String {
     if line.contains("cannot connect to") {
         line.push_str(
             " (check that the server runs there and that the URL and credentials are right; \
-             `shop --help` lists the settings)",
+             `shop --help` lists the settings. No servers on this machine? \
+             `shop up --local-servers` starts private ones from the installed binaries, and \
+             `docker compose -f deploy/docker-compose.yml up -d rabbitmq redis redis-cache postgres` \
+             runs them in containers)",
         );
     }
     line
@@ -147,12 +188,28 @@ pub fn one_line(e: &anyhow::Error) -> String {
 async fn execute(cli: Cli) -> anyhow::Result<()> {
     let (mut config, mut settings) = (cli.config, cli.settings);
     match cli.command {
-        Command::Up => {
+        Command::Up(args) => {
             with_development_admin(&mut settings);
             with_assertion_keys(&mut config, KeyDefault::PerRun)?;
-            crate::setup_roles(&config).await?;
-            crate::setup_broker_users(&config).await?;
-            serve(&config, &settings, &names().collect::<Vec<_>>()).await
+            let local = match args.local_servers {
+                true => {
+                    let local = crate::local::LocalServers::up(&args.local_dir).await?;
+                    local.configure(&mut config);
+                    Some(local)
+                }
+                false => None,
+            };
+            let served = async {
+                crate::setup_roles(&config).await?;
+                crate::setup_broker_users(&config).await?;
+                serve(&config, &settings, &names().collect::<Vec<_>>()).await
+            }
+            .await;
+            // The servers stop after the programs, also when the shop failed.
+            if let Some(local) = local {
+                local.stop().await?;
+            }
+            served
         }
         Command::Run { program } => {
             with_assertion_keys(&mut config, KeyDefault::DevelopmentOnLoopback)?;
@@ -168,6 +225,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dlq { command } => dlq_command(&config, command).await,
+        Command::Health { url, timeout_secs } => health(&url, timeout_secs).await,
         Command::Load(args) => crate::load::run(&config, &settings, args).await,
         Command::Audit { json } => {
             let broker = dlq_broker(&config).await?;

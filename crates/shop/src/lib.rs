@@ -6,6 +6,7 @@ pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod load;
+pub mod local;
 
 use std::sync::Arc;
 

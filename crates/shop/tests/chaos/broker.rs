@@ -29,9 +29,17 @@ async fn broker_down_and_back(name: &str, fault: &str, kill: bool) {
     let (_turn, mut c) = Chaos::begin(name, &[]).await;
     c.fault(fault);
     if kill {
-        c.servers.rabbit.kill().await;
+        c.servers
+            .rabbit
+            .kill()
+            .await
+            .expect("the private server does as told");
     } else {
-        c.servers.rabbit.stop().await;
+        c.servers
+            .rabbit
+            .stop()
+            .await
+            .expect("the private server does as told");
     }
     c.accepted_more(
         10,
@@ -39,7 +47,11 @@ async fn broker_down_and_back(name: &str, fault: &str, kill: bool) {
         "orders accepted while the broker is down",
     )
     .await;
-    c.servers.rabbit.start().await;
+    c.servers
+        .rabbit
+        .start()
+        .await
+        .expect("the private server does as told");
     c.healed("broker started again");
     c.finish(Expect::normal()).await;
 }
@@ -77,6 +89,7 @@ async fn shop_connections(c: &Chaos) -> usize {
         .rabbit
         .ctl(&["list_connections", "client_properties"])
         .await
+        .expect("rabbitmqctl")
         .lines()
         .filter(|l| l.contains("shop-"))
         .count()
@@ -95,7 +108,8 @@ async fn all_client_connections_closed() {
             .servers
             .rabbit
             .ctl(&["close_all_connections", "test"])
-            .await;
+            .await
+            .expect("rabbitmqctl");
         let closed = out
             .lines()
             .find_map(|l| l.strip_prefix("Closed "))
@@ -126,7 +140,8 @@ async fn broker_memory_alarm() {
     c.servers
         .rabbit
         .ctl(&["set_vm_memory_high_watermark", "0.0000001"])
-        .await;
+        .await
+        .expect("rabbitmqctl");
     let from = c.accepted();
     until_publishers_gave_up(&c, failures).await;
     c.note(format!(
@@ -136,7 +151,8 @@ async fn broker_memory_alarm() {
     c.servers
         .rabbit
         .ctl(&["set_vm_memory_high_watermark", "0.4"])
-        .await;
+        .await
+        .expect("rabbitmqctl");
     c.healed("watermark restored to 0.4");
     c.finish(Expect::normal()).await;
 }

@@ -18,14 +18,22 @@ async fn postgres_crashed_and_restarted() {
     const NAME: &str = "PostgreSQL stopped -m immediate and restarted";
     let (_turn, mut c) = Chaos::begin(NAME, &[]).await;
     c.fault("pg_ctl stop -m immediate");
-    c.servers.postgres.crash().await;
+    c.servers
+        .postgres
+        .crash()
+        .await
+        .expect("the private server does as told");
     c.refused_more(
         4,
         Duration::from_secs(30),
         "orders refused while the database is down",
     )
     .await;
-    c.servers.postgres.start().await;
+    c.servers
+        .postgres
+        .start()
+        .await
+        .expect("the private server does as told");
     c.healed("pg_ctl start (crash recovery)");
     c.finish(Expect::normal()).await;
 }
@@ -52,7 +60,11 @@ async fn postgres_down_longer_than_every_retry_delay() {
             .unwrap();
     let _ = db.close().await;
     c.fault("pg_ctl stop -m immediate, longer than every retry delay");
-    c.servers.postgres.crash().await;
+    c.servers
+        .postgres
+        .crash()
+        .await
+        .expect("the private server does as told");
     let broker = c.cluster.broker().await;
     for body in &bodies {
         let event: Envelope = serde_json::from_str(body).unwrap();
@@ -68,7 +80,11 @@ async fn postgres_down_longer_than_every_retry_delay() {
         "{postponed} deliveries postponed while the database was away"
     ));
     broker.close().await;
-    c.servers.postgres.start().await;
+    c.servers
+        .postgres
+        .start()
+        .await
+        .expect("the private server does as told");
     c.healed("pg_ctl start (crash recovery)");
     c.finish(Expect::normal()).await;
 }
@@ -144,7 +160,11 @@ async fn redis_killed_and_restarted() {
         "orders refused while sessions are unreachable",
     )
     .await;
-    c.servers.redis.start().await;
+    c.servers
+        .redis
+        .start()
+        .await
+        .expect("the private server does as told");
     c.healed("redis-server started again, empty");
 
     // The session is gone: the old token gets 401 (after the reconnection, never 500).
