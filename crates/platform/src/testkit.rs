@@ -24,6 +24,50 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub mod smtp;
 
+/// The Python of a virtualenv `target/<venv>` that can `import <module>`, made on first use
+/// with `pip install <requirement>` (PyPI): the test tools written in Python (aiosmtpd,
+/// kubernetes-validate), pinned, and never installed into the machine's own Python.
+pub fn python_with(venv: &str, requirement: &str, module: &str) -> std::path::PathBuf {
+    use std::{path::Path, process::Command, process::Stdio};
+    static MADE: Mutex<()> = Mutex::new(());
+    let _once = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let dir = target.join(venv);
+    let python = dir.join("bin/python");
+    let has = |p: &Path| {
+        Command::new(p)
+            .args(["-c", &format!("import {module}")])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if has(&python) {
+        return python;
+    }
+    // Built beside and moved in place, so that test processes running at once never see a
+    // half-made one.
+    let tmp = target.join(format!("{venv}.{}", std::process::id()));
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().expect("running python3");
+        assert!(
+            out.status.success(),
+            "installing {requirement} for the tests failed (python3 with venv and pip is \
+             needed): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(Command::new("python3").args(["-m", "venv"]).arg(&tmp));
+    run(Command::new(tmp.join("bin/pip")).args(["install", "--quiet", requirement]));
+    if std::fs::rename(&tmp, &dir).is_err() {
+        // Another process was first.
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    assert!(has(&python), "{} cannot import {module}", python.display());
+    python
+}
+
 /// A port nobody listens on right now, never the same twice in one test process, and
 /// below the kernel's ephemeral range (32768 and up on Linux), where the outgoing
 /// connections of other tests take their local ports: a port from `bind(0)` could be taken

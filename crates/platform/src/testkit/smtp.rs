@@ -4,13 +4,12 @@
 //! server is a child process that can be stopped and started again on the same port, as a
 //! mail server that goes away.
 //!
-//! aiosmtpd is installed on first use into `target/smtp-venv` (a Python virtualenv), or taken
-//! from `SHOP_TEST_SMTPD_PYTHON` (a Python that can `import aiosmtpd`).
+//! aiosmtpd is installed on first use into `target/smtp-venv` ([`super::python_with`]), or
+//! taken from `SHOP_TEST_SMTPD_PYTHON` (a Python that can `import aiosmtpd`).
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::Mutex,
     time::Duration,
 };
 
@@ -172,47 +171,10 @@ fn parse(raw: &[u8]) -> Mail {
     }
 }
 
-/// A Python with aiosmtpd: `SHOP_TEST_SMTPD_PYTHON`, or the tests' own virtualenv, made on
-/// first use.
+/// A Python with aiosmtpd: `SHOP_TEST_SMTPD_PYTHON`, or the tests' own virtualenv.
 fn python() -> PathBuf {
     if let Ok(p) = std::env::var("SHOP_TEST_SMTPD_PYTHON") {
         return p.into();
     }
-    static MADE: Mutex<()> = Mutex::new(());
-    let _once = MADE.lock().unwrap_or_else(|e| e.into_inner());
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    let venv = target.join("smtp-venv");
-    let python = venv.join("bin/python");
-    let has = |p: &Path| {
-        Command::new(p)
-            .args(["-c", "import aiosmtpd"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if has(&python) {
-        return python;
-    }
-    // Built beside and moved in place, so that test processes running at once never see a
-    // half-made one.
-    let tmp = target.join(format!("smtp-venv.{}", std::process::id()));
-    let run = |cmd: &mut Command| {
-        let out = cmd.output().expect("running python3");
-        assert!(
-            out.status.success(),
-            "installing {AIOSMTPD} for the SMTP tests failed (set SHOP_TEST_SMTPD_PYTHON to a \
-             Python that has it): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(Command::new("python3").args(["-m", "venv"]).arg(&tmp));
-    run(Command::new(tmp.join("bin/pip")).args(["install", "--quiet", AIOSMTPD]));
-    if std::fs::rename(&tmp, &venv).is_err() {
-        // Another process was first.
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    assert!(has(&python), "{} cannot import aiosmtpd", python.display());
-    python
+    super::python_with("smtp-venv", AIOSMTPD, "aiosmtpd")
 }
