@@ -135,6 +135,12 @@ pub struct Config {
     #[arg(default_value_t = 168)]
     pub retention_hours: u32,
 
+    /// Seconds a program keeps serving after SIGTERM with its readiness answering 503, so
+    /// that load balancers stop sending to it before it stops taking work (then the graceful
+    /// stop begins). Default 5 for `shop run`, 0 for `shop up`.
+    #[arg(long, env = "SHOP_DRAIN_SECS", global = true)]
+    pub drain_secs: Option<u64>,
+
     /// Seconds a graceful stop may take before the process exits anyway.
     #[arg(long, env = "SHOP_SHUTDOWN_TIMEOUT_SECS", global = true)]
     #[arg(default_value_t = 15)]
@@ -222,6 +228,11 @@ impl Config {
     /// The password of `name`'s own RabbitMQ user, from [`Config::amqp_passwords`].
     pub fn amqp_password(&self, name: &str) -> Option<String> {
         password_of(self.amqp_passwords.as_deref()?, name)
+    }
+
+    /// How long a stopping program drains ([`Config::drain_secs`]; 5 s when unset).
+    pub fn drain(&self) -> Duration {
+        Duration::from_secs(self.drain_secs.unwrap_or(5))
     }
 
     pub fn shutdown_timeout(&self) -> Duration {

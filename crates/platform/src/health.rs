@@ -37,6 +37,24 @@ impl Check for PostgresCheck {
     }
 }
 
+/// Up while the program runs; down from the moment it starts stopping, so that its readiness
+/// answers 503 while it drains (it still serves meanwhile).
+pub struct Stopping(pub Arc<std::sync::atomic::AtomicBool>);
+
+#[async_trait]
+impl Check for Stopping {
+    fn name(&self) -> String {
+        "lifecycle".into()
+    }
+    async fn check(&self) -> Result<Map<String, Value>, String> {
+        if self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            Err("stopping: draining before the graceful stop".into())
+        } else {
+            Ok(Map::new())
+        }
+    }
+}
+
 pub struct RedisCheck {
     pub name: &'static str,
     pub conn: RedisConn,

@@ -27,7 +27,7 @@ use crate::{
     bus::Handler,
     config::Config,
     db,
-    health::{Check, PostgresCheck, RabbitCheck, RedisCheck},
+    health::{Check, PostgresCheck, RabbitCheck, RedisCheck, Stopping},
     http::{Ops, ops_router, with_common_layers},
     metrics::Metrics,
     outbox::{self, Relay},
@@ -251,6 +251,8 @@ pub async fn start(
 
     let mut checks = conns.checks.clone();
     checks.extend(parts.checks);
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    checks.push(Arc::new(Stopping(stopping.clone())));
     let ops = Ops {
         checks: Arc::new(checks),
         metrics: metrics.clone(),
@@ -299,6 +301,8 @@ pub async fn start(
     )));
 
     let steps = Shutdown {
+        stopping,
+        drain: config.drain(),
         http_stop,
         servers,
         workers,
@@ -469,6 +473,10 @@ impl Workers {
 
 /// Everything a running program must stop, in the order it must stop it.
 struct Shutdown {
+    /// Set first: readiness answers 503 while the program drains.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// How long it keeps serving with readiness at 503 before the graceful stop.
+    drain: Duration,
     http_stop: CancellationToken,
     /// The program's HTTP servers (its port, and its admin port if it has one).
     servers: Vec<JoinHandle<std::io::Result<()>>>,
@@ -482,8 +490,9 @@ struct Shutdown {
 
 impl Shutdown {
     async fn run(self) {
-        info!("stopping");
         let Shutdown {
+            stopping,
+            drain,
             http_stop,
             servers,
             workers,
@@ -492,6 +501,16 @@ impl Shutdown {
             conns,
             timeout,
         } = self;
+        stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+        if !drain.is_zero() {
+            // Still serving and consuming: load balancers see the 503 and move away.
+            info!(
+                ?drain,
+                "draining: readiness answers 503, requests still served"
+            );
+            tokio::time::sleep(drain).await;
+        }
+        info!("stopping");
         let graceful = async {
             http_stop.cancel();
             for server in servers {

@@ -146,6 +146,8 @@ impl TestEnv {
         config.database_url = format!("postgres://postgres@127.0.0.1:5432/shop_{ns}");
         config.retry_delays_ms = vec![100, 200];
         config.assertion_keys = Some(crate::assertion::Keys::generate());
+        // Tests stop their services at once (the drain is tested end to end).
+        config.drain_secs = Some(0);
         let admin_amqp_url = config.amqp_url.clone();
         tweak(&mut config);
         let pool = db::connect(&config.database_url, schema, 5)

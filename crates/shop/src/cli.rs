@@ -189,6 +189,8 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
     let (mut config, mut settings) = (cli.config, cli.settings);
     match cli.command {
         Command::Up(args) => {
+            // One process for everything: no load balancer to wait for.
+            config.drain_secs.get_or_insert(0);
             with_development_admin(&mut settings);
             with_assertion_keys(&mut config, KeyDefault::PerRun)?;
             let local = match args.local_servers {

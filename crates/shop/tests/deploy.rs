@@ -331,10 +331,12 @@ fn every_kubernetes_overlay_renders_validates_and_runs_every_program_safely() {
                 "{what}: {name}"
             );
             let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
-            let shutdown = shop_platform::config::Config::defaults().shutdown_timeout_secs;
+            // The preStop pause (5 s), the drain and the graceful stop must fit.
+            let config = shop_platform::config::Config::defaults();
+            let stop = 5 + config.drain().as_secs() + config.shutdown_timeout_secs;
             assert!(
-                grace > shutdown + 5,
-                "{what}: {name} stops within {grace} s"
+                grace > stop,
+                "{what}: {name} has {grace} s to stop, needs {stop}"
             );
             let c = &pod["containers"][0];
             let args: Vec<String> = c["args"]

@@ -93,6 +93,8 @@ impl Cluster {
             ("SHOP_ADMIN_EMAIL".into(), ADMIN_EMAIL.into()),
             ("SHOP_ADMIN_PASSWORD".into(), ADMIN_PASSWORD.into()),
             ("SHOP_RETRY_DELAYS_MS".into(), "200,500".into()),
+            // Stopped at once (tests/e2e/drain.rs sets its own).
+            ("SHOP_DRAIN_SECS".into(), "0".into()),
             (
                 "SHOP_ASSERTION_KEYS".into(),
                 shop_platform::assertion::Keys::generate(),
@@ -207,6 +209,11 @@ impl Cluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Sends one program SIGTERM and returns at once (see [`Cluster::wait_exit`]).
+    pub fn sigterm(&self, program: &str) {
+        unsafe_free_sigterm(self.children[program].id());
     }
 
     /// Stops one program with SIGTERM and returns its exit status.

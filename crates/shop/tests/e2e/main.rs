@@ -5,6 +5,7 @@
 mod api;
 #[path = "../common/mod.rs"]
 mod cluster;
+mod drain;
 mod limits;
 mod local;
 mod mail;
