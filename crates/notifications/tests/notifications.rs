@@ -468,11 +468,12 @@ async fn logs_in_to_a_server_that_requires_it_and_waits_while_the_login_is_wrong
     let order = Uuid::now_v7();
     svc.publish(&registered(ada, "ada@example.com")).await;
     svc.publish(&confirmed(ada, order)).await;
-    let error = shop_platform::testkit::eventually_some("a refused login", WAIT, || async {
-        svc.delivery_if_any(order).await.and_then(|d| d.2)
+    // (On a loaded machine an attempt may time out first; the next ones are refused.)
+    shop_platform::testkit::eventually_some("a refused login recorded", WAIT, || async {
+        let error = svc.delivery_if_any(order).await.and_then(|d| d.2)?;
+        error.contains("refused the shop's login").then_some(error)
     })
     .await;
-    assert!(error.contains("refused the shop's login"), "{error}");
     assert_eq!(
         svc.delivery(order).await.0,
         "pending",

@@ -9,8 +9,9 @@ use crate::envelope::{Envelope, EnvelopeError, Event};
 macro_rules! events {
     ($( $ty:ident = $name:literal { $($(#[$fm:meta])* $field:ident : $fty:ty),* $(,)? } )*) => {
         $(
+            // Tolerant readers: a field added by a newer producer is ignored, so producers can
+            // be upgraded before their consumers (docs/architecture.md, "Schema evolution").
             #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-            #[serde(deny_unknown_fields)]
             pub struct $ty { $($(#[$fm])* pub $field: $fty),* }
             impl Event for $ty { const TYPE: &'static str = $name; }
         )*
@@ -49,7 +50,6 @@ macro_rules! events {
 
 /// One line of an order as it travels in events.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct OrderLine {
     pub product_id: Uuid,
     /// The product's name when the order was placed (empty in events of older versions).
@@ -137,6 +137,34 @@ fn sample<E: Event + serde::de::DeserializeOwned>(payload: serde_json::Value) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_field_from_a_newer_producer_is_ignored_and_a_missing_one_is_refused() {
+        for env in samples() {
+            let mut newer = serde_json::to_value(&env).unwrap();
+            newer["payload"]["added_in_a_later_version"] = serde_json::json!({"any": [1, 2]});
+            let parsed = Envelope::parse(newer.to_string().as_bytes())
+                .unwrap_or_else(|e| panic!("{}: {e}", env.event_type));
+            validate_payload(&parsed).unwrap();
+            assert_eq!(parsed.id, env.id);
+        }
+        let mut lines = serde_json::to_value(samples().remove(3)).unwrap();
+        assert_eq!(lines["type"], "order.created");
+        lines["payload"]["items"][0]["colour"] = serde_json::json!("blue");
+        assert!(
+            Envelope::parse(lines.to_string().as_bytes()).is_ok(),
+            "nested too"
+        );
+        let mut older = serde_json::to_value(samples().remove(3)).unwrap();
+        older["payload"]
+            .as_object_mut()
+            .unwrap()
+            .remove("total_cents");
+        assert!(
+            Envelope::parse(older.to_string().as_bytes()).is_err(),
+            "a field the consumer needs is still required"
+        );
+    }
 
     #[test]
     fn every_type_round_trips() {
