@@ -18,6 +18,7 @@ use shop_platform::{
     redis_util::RedisConn,
     service::Fleet,
     session::{self, Session, SessionSettings},
+    telemetry,
 };
 
 use crate::{
@@ -121,6 +122,18 @@ pub fn classify(method: &Method, path: &str) -> Result<Route, ApiError> {
         })
 }
 
+/// A classified path as a route template: its ids become `{id}` (`/api/orders/{id}/events`).
+fn template(path: &str) -> String {
+    path.trim_end_matches('/')
+        .split('/')
+        .map(|seg| match seg.parse::<uuid::Uuid>() {
+            Ok(_) => "{id}",
+            Err(_) => seg,
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 /// Shared state of the gateway.
 pub struct Gateway {
     pub config: Config,
@@ -161,6 +174,9 @@ pub async fn proxy(
 async fn forward(gw: &Gateway, peer: SocketAddr, req: Request) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     let route = classify(&parts.method, parts.uri.path())?;
+    if telemetry::exporting() {
+        telemetry::route(parts.method.as_str(), &template(parts.uri.path()));
+    }
     let client_ip = client::address(peer, &parts.headers, &gw.settings.trusted_proxies);
     let ip = client_ip.to_string();
 
@@ -269,7 +285,8 @@ async fn forward(gw: &Gateway, peer: SocketAddr, req: Request) -> Result<Respons
     if !bytes.is_empty() {
         out = out.body(bytes);
     }
-    let upstream = out.send().await.map_err(|e| {
+    let sent = telemetry::send(out, parts.method.as_str(), route.service).await;
+    let upstream = sent.map_err(|e| {
         warn!(service = route.service, error = %e, "service unreachable");
         ApiError::Unavailable(format!(
             "the {} service is unavailable, try again",
@@ -411,6 +428,16 @@ mod tests {
             classify(&Method::GET, "/api/products/").is_ok(),
             "a trailing slash is fine"
         );
+    }
+
+    #[test]
+    fn templates_name_ids() {
+        assert_eq!(template("/api/orders"), "/api/orders");
+        assert_eq!(
+            template("/api/orders/0192f0c8-1d2e-7b3a-9c4d-5e6f7a8b9c0d/events"),
+            "/api/orders/{id}/events"
+        );
+        assert_eq!(template("/api/products/"), "/api/products");
     }
 
     #[test]

@@ -10,11 +10,13 @@
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt as _;
-use shop_platform::{Envelope, crash, events::NotificationSent, metrics::Metrics, outbox};
+use shop_platform::{
+    Envelope, crash, events::NotificationSent, metrics::Metrics, outbox, telemetry,
+};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, warn};
 
 use crate::{
     sender::{Email, SendError, Sender},
@@ -88,7 +90,32 @@ impl Worker {
         Ok(n)
     }
 
+    /// Delivers one notification: in the trace of the transaction that recorded it.
     async fn deliver(&self, due: Due) {
+        if !telemetry::exporting() {
+            return self.deliver_in_span(due).await;
+        }
+        let span = tracing::info_span!(
+            "deliver",
+            otel.name = %format_args!("deliver {}", due.notification.kind),
+            otel.kind = "client",
+            notification_id = %due.notification.id,
+        );
+        let parent = due
+            .notification
+            .trace_context
+            .as_deref()
+            .map(telemetry::context_of_traceparent)
+            .unwrap_or_default();
+        telemetry::adopt(&span, crate::program::IDENTITY.name, parent);
+        telemetry::annotate(&span, "shop.attempt", due.notification.attempts);
+        if let Some(order) = due.notification.order_id {
+            telemetry::annotate(&span, "shop.order_id", order);
+        }
+        self.deliver_in_span(due).instrument(span).await
+    }
+
+    async fn deliver_in_span(&self, due: Due) {
         let n = &due.notification;
         let Some(address) = due.email.clone() else {
             let age = (chrono::Utc::now() - n.created_at)
@@ -130,11 +157,15 @@ impl Worker {
                 }
             }
             Err(SendError::Transient(e)) => {
+                telemetry::set_error(&tracing::Span::current(), "smtp.transient", e.clone());
                 self.metrics.notifications_retried.inc();
                 warn!(notification_id = %n.id, attempts = n.attempts, error = %e, "delivery failed; retried later");
                 self.postpone(n.id, n.attempts, &e).await;
             }
-            Err(SendError::Permanent(e)) => self.refuse(n.id, &e).await,
+            Err(SendError::Permanent(e)) => {
+                telemetry::set_error(&tracing::Span::current(), "smtp.refused", e.clone());
+                self.refuse(n.id, &e).await
+            }
         }
     }
 

@@ -26,13 +26,15 @@ pub struct Notification {
     pub attempts: i32,
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// The `traceparent` of the transaction that recorded it.
+    pub trace_context: Option<String>,
 }
 
 /// The columns of [`Notification`], for queries on `notifications` aliased `n`.
 macro_rules! columns {
     () => {
         "n.id, n.user_id, n.kind, n.subject, n.body, n.html, n.order_id, n.source_event_id, \
-         n.correlation_id, n.status, n.attempts, n.last_error, n.created_at"
+         n.correlation_id, n.status, n.attempts, n.last_error, n.created_at, n.trace_context"
     };
 }
 
@@ -78,8 +80,8 @@ pub async fn record(
     correlation_id: Uuid,
 ) -> sqlx::Result<Option<Uuid>> {
     sqlx::query_scalar(
-        "INSERT INTO notifications (id, user_id, kind, subject, body, html, order_id, source_event_id, correlation_id, status)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending')
+        "INSERT INTO notifications (id, user_id, kind, subject, body, html, order_id, source_event_id, correlation_id, status, trace_context)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10)
          ON CONFLICT DO NOTHING
          RETURNING id",
     )
@@ -92,6 +94,7 @@ pub async fn record(
     .bind(message.order_id)
     .bind(source_event_id)
     .bind(correlation_id)
+    .bind(shop_platform::telemetry::current_traceparent())
     .fetch_optional(tx)
     .await
 }

@@ -21,6 +21,7 @@ use shop_platform::{
     events::OrderLine,
     http::{ApiError, ApiJson, Caller},
     outbox::Waker,
+    telemetry,
 };
 use sqlx::PgPool;
 use tokio::sync::broadcast;
@@ -124,7 +125,7 @@ async fn price(
         .join(",");
     let unavailable =
         |_| ApiError::Unavailable("the products service is unavailable, try again".into());
-    let resp = state
+    let request = state
         .http
         .get(format!("{}/internal/products", state.products_url))
         .header(
@@ -139,8 +140,8 @@ async fn price(
                 None,
             ),
         )
-        .query(&[("ids", list)])
-        .send()
+        .query(&[("ids", list)]);
+    let resp = telemetry::send(request, "GET", crate::program::PRICES_FROM)
         .await
         .map_err(unavailable)?;
     if !resp.status().is_success() {

@@ -140,6 +140,8 @@ mod tests {
             correlation_id: Uuid::now_v7(),
             version: 1,
             state: crate::saga::SagaState::new(),
+            created_at: chrono::Utc::now(),
+            trace_context: None,
         }
     }
 

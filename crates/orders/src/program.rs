@@ -65,11 +65,12 @@ impl Program for Orders {
             deadline,
             ctx.outbox.clone(),
             changes.clone(),
+            ctx.metrics.clone(),
             ctx.stop.clone(),
         ))];
         Ok(Parts {
             router: http::router(state),
-            handler: Some(handlers::handler(deadline, changes)),
+            handler: Some(handlers::handler(deadline, changes, ctx.metrics.clone())),
             tasks,
             ..Default::default()
         })

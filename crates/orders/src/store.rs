@@ -4,7 +4,7 @@
 use shop_platform::{
     Envelope,
     events::{OrderCreated, OrderLine},
-    outbox,
+    outbox, telemetry,
 };
 use sqlx::{FromRow as _, PgConnection, PgPool, Row as _};
 use uuid::Uuid;
@@ -27,6 +27,10 @@ pub struct SagaRow {
     pub version: i64,
     #[sqlx(rename = "saga", json)]
     pub state: SagaState,
+    /// When the order was accepted.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// The `traceparent` of the request that placed it.
+    pub trace_context: Option<String>,
 }
 
 /// A new order, priced.
@@ -46,11 +50,17 @@ pub struct NewOrder {
 /// Stores the order, its first history entry and `order.created` in one transaction.
 /// Returns `false` if the user already has an order with that idempotency key.
 pub async fn insert_order(pool: &PgPool, o: &NewOrder) -> sqlx::Result<bool> {
+    // On the request's span: a search by order id finds the trace.
+    telemetry::annotate(&tracing::Span::current(), "shop.order_id", o.id);
+    telemetry::in_db_span(|| "place order".into(), insert(pool, o)).await
+}
+
+async fn insert(pool: &PgPool, o: &NewOrder) -> sqlx::Result<bool> {
     let mut tx = pool.begin().await?;
     let state = SagaState::new();
     let inserted = sqlx::query(
-        "INSERT INTO orders (id, user_id, status, total_cents, currency, payment_token, saga, deadline_at, correlation_id, idempotency_key, idempotency_fingerprint)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8), $1, $9, $10)
+        "INSERT INTO orders (id, user_id, status, total_cents, currency, payment_token, saga, deadline_at, correlation_id, idempotency_key, idempotency_fingerprint, trace_context)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8), $1, $9, $10, $11)
          ON CONFLICT ON CONSTRAINT orders_idempotency DO NOTHING",
     )
     .bind(o.id)
@@ -63,6 +73,7 @@ pub async fn insert_order(pool: &PgPool, o: &NewOrder) -> sqlx::Result<bool> {
     .bind(o.deadline.as_secs_f64())
     .bind(&o.idempotency_key)
     .bind(&o.idempotency_fingerprint)
+    .bind(telemetry::current_traceparent())
     .execute(&mut *tx)
     .await?
     .rows_affected()
@@ -117,7 +128,7 @@ async fn history(tx: &mut PgConnection, id: Uuid, status: OrderStatus) -> sqlx::
 macro_rules! saga_query {
     ($rest:literal) => {
         concat!(
-            "SELECT id, user_id, total_cents, currency, payment_token, correlation_id, version, saga FROM orders ",
+            "SELECT id, user_id, total_cents, currency, payment_token, correlation_id, version, saga, created_at, trace_context FROM orders ",
             $rest
         )
     };

@@ -44,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
     let broker = env.broker().await;
     let relay = |batch| Relay {
         pool: env.pool.clone(),
-        schema: "payments".into(),
+        program: "payments",
         publisher: broker.clone(),
         metrics: env.metrics.clone(),
         batch,

@@ -27,6 +27,18 @@ pub trait Publisher: Send + Sync + 'static {
     /// Publishes several events in order, pipelining their confirms. One result per event.
     async fn publish_batch(&self, events: &[Envelope]) -> Vec<Result<(), PublishError>>;
 
+    /// Like [`Publisher::publish_batch`], each event continuing the trace context of the same
+    /// index in `traces` (its producer span's; missing ones continue none). A bus that
+    /// carries no headers ignores them.
+    async fn publish_traced(
+        &self,
+        events: &[Envelope],
+        traces: &[opentelemetry::Context],
+    ) -> Vec<Result<(), PublishError>> {
+        let _ = traces;
+        self.publish_batch(events).await
+    }
+
     async fn publish(&self, event: &Envelope) -> Result<(), PublishError> {
         self.publish_batch(std::slice::from_ref(event))
             .await

@@ -299,8 +299,18 @@ async fn create_platform_tables(
             event_type TEXT NOT NULL,
             body TEXT NOT NULL,
             created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-            sent_at TIMESTAMPTZ
+            sent_at TIMESTAMPTZ,
+            -- The W3C traceparent of the transaction that wrote the row (NULL: not traced).
+            trace_context TEXT
         );
+        -- Added by the tracing version (checked first: ALTER TABLE locks the table even
+        -- when the column exists).
+        DO $$ BEGIN
+            IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = '{schema}'
+                           AND table_name = 'outbox' AND column_name = 'trace_context') THEN
+                ALTER TABLE {schema}.outbox ADD COLUMN trace_context TEXT;
+            END IF;
+        END $$;
         CREATE INDEX IF NOT EXISTS outbox_unsent ON {schema}.outbox (id) WHERE sent_at IS NULL;
         CREATE INDEX IF NOT EXISTS outbox_sent_at ON {schema}.outbox (sent_at) WHERE sent_at IS NOT NULL;
         CREATE TABLE IF NOT EXISTS {schema}.inbox (

@@ -192,8 +192,17 @@ async fn replay_to_queue(
     body: &[u8],
     props: &BasicProperties,
 ) -> Result<(), PublishError> {
-    let mut headers = props.headers().clone().unwrap_or_default();
-    let kept: FieldTable = headers
+    let headers = replay_headers(&props.headers().clone().unwrap_or_default());
+    broker
+        .publish_to_queue(queue, body, props.clone().with_headers(headers))
+        .await
+}
+
+/// The headers a replayed message keeps: not Shop's attempt count and reasons, nor the
+/// broker's death records (it is a fresh first attempt); everything else, its
+/// `traceparent` included (a replay stays in its order's trace).
+fn replay_headers(headers: &FieldTable) -> FieldTable {
+    headers
         .inner()
         .iter()
         .filter(|(k, _)| {
@@ -204,9 +213,23 @@ async fn replay_to_queue(
         })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect::<std::collections::BTreeMap<_, _>>()
-        .into();
-    headers = kept;
-    broker
-        .publish_to_queue(queue, body, props.clone().with_headers(headers))
-        .await
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replay_is_a_first_attempt_in_the_same_trace() {
+        let mut headers = FieldTable::default();
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        headers.insert("traceparent".into(), AMQPValue::LongString(tp.into()));
+        headers.insert("x-shop-attempts".into(), AMQPValue::LongLongInt(3));
+        headers.insert("x-shop-reason".into(), AMQPValue::LongString("no".into()));
+        headers.insert("x-death".into(), AMQPValue::FieldArray(Default::default()));
+        let kept = replay_headers(&headers);
+        let names: Vec<&str> = kept.inner().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["traceparent"]);
+    }
 }

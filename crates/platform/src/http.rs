@@ -6,11 +6,14 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
-    extract::{FromRequest, Request, State, rejection::JsonRejection},
+    extract::{FromRequest, MatchedPath, Request, State, rejection::JsonRejection},
     http::{HeaderName, HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
+};
+use opentelemetry_semantic_conventions::attribute::{
+    HTTP_REQUEST_METHOD, HTTP_RESPONSE_STATUS_CODE, HTTP_ROUTE, URL_PATH,
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
@@ -20,11 +23,13 @@ use tower_http::{
     trace::TraceLayer,
 };
 use tracing::{error, warn};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::{
     assertion,
     health::{Check, readiness},
-    metrics::{HttpLabel, Metrics},
+    metrics::{HttpLabel, Metrics, RouteLabel},
+    telemetry,
 };
 
 /// Largest request body accepted.
@@ -403,6 +408,7 @@ async fn ready(State(ops): State<Ops>) -> Response {
 }
 
 async fn metrics(State(ops): State<Ops>) -> Response {
+    ops.metrics.refresh_process();
     if let Some(refresh) = &ops.before_scrape {
         refresh().await;
     }
@@ -417,25 +423,71 @@ async fn metrics(State(ops): State<Ops>) -> Response {
 }
 
 /// Wraps a router with the layers every program uses: request ids (generated or kept, and
-/// returned), a trace span per request carrying the id, a timeout answered 503, a body limit,
-/// a 404 problem for unknown routes, and request counting.
-pub fn with_common_layers(router: Router, metrics: Arc<Metrics>, timeout: Duration) -> Router {
+/// returned), a trace span per request carrying the id (a server span of `program`,
+/// continuing the caller's `traceparent`), a timeout answered 503, a body limit, a 404
+/// problem for unknown routes, and request counting and timing by route.
+pub fn with_common_layers(
+    router: Router,
+    program: &'static str,
+    metrics: Arc<Metrics>,
+    timeout: Duration,
+) -> Router {
     let x_request_id = HeaderName::from_static(X_REQUEST_ID);
     router
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            timeout,
+        ))
         // Outside the timeout, so that its bare 503 becomes a problem too.
         .layer(middleware::from_fn(problem_for_bare_errors))
         .layer(middleware::from_fn(limit_headers))
-        .layer(middleware::from_fn_with_state(metrics, count_requests))
+        .layer(middleware::from_fn_with_state(metrics, observe_requests))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-            let id = req.headers().get(X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-            tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
-        }))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(move |req: &Request| request_span(program, req)),
+        )
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
         .layer(middleware::from_fn(drop_unsafe_request_id))
+}
+
+/// The route template of a request (`unmatched` when no route matched).
+fn route_of(req: &Request) -> &str {
+    req.extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str)
+        .unwrap_or("unmatched")
+}
+
+/// A request's span: method, path and request id for the logs; for the trace, a server span
+/// named `METHOD /route` with the HTTP attributes of the semantic conventions.
+fn request_span(program: &'static str, req: &Request) -> tracing::Span {
+    let id = req
+        .headers()
+        .get(X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    let route = route_of(req);
+    let span = tracing::info_span!(
+        "http",
+        method = %req.method(),
+        path = %req.uri().path(),
+        request_id = %id,
+        otel.name = %format_args!("{} {route}", req.method()),
+        otel.kind = "server",
+    );
+    if telemetry::exporting() {
+        telemetry::adopt(&span, program, telemetry::extract_http(req.headers()));
+        span.set_attribute(HTTP_REQUEST_METHOD, req.method().to_string());
+        // A catch-all (the gateway's) names no route: its handler does (`telemetry::route`).
+        if !route.contains("{*") {
+            span.set_attribute(HTTP_ROUTE, route.to_string());
+        }
+        span.set_attribute(URL_PATH, req.uri().path().to_string());
+    }
+    span
 }
 
 /// Answers a request whose headers pass [`crate::server::MAX_HEADER_BYTES`] or
@@ -478,14 +530,38 @@ async fn drop_unsafe_request_id(mut req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-async fn count_requests(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+/// Counts and times each request by method, route and status, and gives the status to the
+/// request's span.
+async fn observe_requests(
+    State(metrics): State<Arc<Metrics>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let method = req.method().to_string();
+    let route = route_of(&req).to_string();
+    let started = std::time::Instant::now();
     let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    if telemetry::exporting() {
+        let span = tracing::Span::current();
+        span.set_attribute(HTTP_RESPONSE_STATUS_CODE, i64::from(status));
+        if resp.status().is_server_error() {
+            telemetry::set_error(&span, "http.5xx", status.to_string());
+        }
+    }
+    metrics
+        .http_duration
+        .get_or_create(&RouteLabel {
+            method: method.clone(),
+            route: route.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
     metrics
         .http_requests
         .get_or_create(&HttpLabel {
             method,
-            status: resp.status().as_u16(),
+            route,
+            status,
         })
         .inc();
     resp
@@ -732,6 +808,7 @@ mod tests {
                     "late"
                 }),
             ),
+            "test",
             Arc::new(Metrics::new("test")),
             Duration::from_millis(50),
         );

@@ -7,12 +7,26 @@ use sqlx::PgPool;
 use crate::{
     bus::{Handler, HandlerError},
     envelope::Envelope,
+    telemetry,
 };
 
 /// Handles `event` once: returns `Ok(true)` if its effects were applied and committed now,
 /// `Ok(false)` if it had already been processed (a duplicate), and the handler's error
 /// otherwise (nothing committed).
 pub async fn process(
+    pool: &PgPool,
+    event: &Envelope,
+    handler: &dyn Handler,
+) -> Result<bool, HandlerError> {
+    telemetry::in_db_span(
+        || format!("handle {}", event.event_type),
+        transaction(pool, event, handler),
+    )
+    .await
+}
+
+/// The handler's transaction, with the inbox insert.
+async fn transaction(
     pool: &PgPool,
     event: &Envelope,
     handler: &dyn Handler,

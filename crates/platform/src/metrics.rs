@@ -5,7 +5,12 @@ use std::sync::atomic::AtomicU64;
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
     registry::Registry,
 };
 
@@ -17,7 +22,30 @@ pub struct TypeLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabel {
     pub method: String,
+    /// The route's template (`/api/orders/{id}`), `unmatched` for a path of no route.
+    pub route: String,
     pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub method: String,
+    pub route: String,
+}
+
+/// A saga's end: its terminal status and, for a cancelled one, the reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SagaLabel {
+    pub status: String,
+    pub reason: String,
+}
+
+/// A histogram family whose members are made with the same buckets.
+pub type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Seconds from 1 ms to about 16 s, doubling.
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
 
 /// The counters and gauges every program exposes.
@@ -39,6 +67,19 @@ pub struct Metrics {
     pub cache_errors: Counter,
     pub db_loads: Counter,
     pub http_requests: Family<HttpLabel, Counter>,
+    pub http_duration: Histograms<RouteLabel>,
+    /// Time from a delivery's arrival to its fate (handled, retried, dead-lettered), by type.
+    pub handler_duration: Histograms<TypeLabel>,
+    /// Database connections in use (taken from the pool), at scrape time.
+    pub db_connections_in_use: Gauge,
+    /// CPU time of the program's process (all seven programs' under `shop up`), at scrape.
+    pub process_cpu_seconds: Counter<f64, AtomicU64>,
+    /// Resident memory of the program's process, at scrape.
+    pub process_resident_memory_bytes: Gauge,
+    /// Orders' sagas (zero in the other programs).
+    pub sagas_ended: Family<SagaLabel, Counter>,
+    /// From acceptance of the order to its terminal state.
+    pub saga_duration: Histogram,
     /// Notifications' delivery (zero in the other programs).
     pub notifications_sent: Counter,
     pub notifications_retried: Counter,
@@ -69,6 +110,13 @@ impl Metrics {
             cache_errors: Counter::default(),
             db_loads: Counter::default(),
             http_requests: Family::default(),
+            http_duration: Family::new_with_constructor(latency),
+            handler_duration: Family::new_with_constructor(latency),
+            db_connections_in_use: Gauge::default(),
+            process_cpu_seconds: Counter::default(),
+            process_resident_memory_bytes: Gauge::default(),
+            sagas_ended: Family::default(),
+            saga_duration: Histogram::new(exponential_buckets(0.005, 2.0, 16)),
             notifications_sent: Counter::default(),
             notifications_retried: Counter::default(),
             notifications_refused: Counter::default(),
@@ -148,6 +196,41 @@ impl Metrics {
             m.http_requests.clone(),
         );
         registry.register(
+            "http_request_duration_seconds",
+            "Time to answer an HTTP request, by route",
+            m.http_duration.clone(),
+        );
+        registry.register(
+            "handler_duration_seconds",
+            "Time from a delivery's arrival to its fate (handled and committed, retried or dead-lettered)",
+            m.handler_duration.clone(),
+        );
+        registry.register(
+            "db_connections_in_use",
+            "Database connections taken from the pool",
+            m.db_connections_in_use.clone(),
+        );
+        registry.register(
+            "process_cpu_seconds",
+            "CPU time of the program's process (the one process of shop up: all seven programs)",
+            m.process_cpu_seconds.clone(),
+        );
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory of the program's process",
+            m.process_resident_memory_bytes.clone(),
+        );
+        registry.register(
+            "sagas_ended",
+            "Order sagas that reached a terminal state, by status and cancel reason",
+            m.sagas_ended.clone(),
+        );
+        registry.register(
+            "saga_duration_seconds",
+            "From an order's acceptance to its terminal state",
+            m.saga_duration.clone(),
+        );
+        registry.register(
             "notifications_sent",
             "Notifications delivered (to the mail server, or the log)",
             m.notifications_sent.clone(),
@@ -175,6 +258,41 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// Starts the per-type series of the events a program consumes and publishes at 0, so
+    /// each is exposed (and its rate defined) before its first message.
+    pub fn declare_event_types(&self, consumes: &[&str], publishes: &[&str]) {
+        for t in consumes {
+            let label = Metrics::label(t);
+            for family in [
+                &self.consumed,
+                &self.duplicates,
+                &self.retried,
+                &self.postponed,
+                &self.dead_lettered,
+            ] {
+                let _ = family.get_or_create(&label);
+            }
+            let _ = self.handler_duration.get_or_create(&label);
+        }
+        for t in publishes {
+            let _ = self.published.get_or_create(&Metrics::label(t));
+        }
+    }
+
+    /// Reads the process's CPU time and resident memory from /proc (Linux; elsewhere they
+    /// stay 0).
+    pub fn refresh_process(&self) {
+        if let Some(cpu) = process_cpu_seconds() {
+            let seen = self.process_cpu_seconds.get();
+            if cpu > seen {
+                self.process_cpu_seconds.inc_by(cpu - seen);
+            }
+        }
+        if let Some(rss) = resident_bytes() {
+            self.process_resident_memory_bytes.set(rss);
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -200,7 +318,13 @@ mod tests {
             .get_or_create(&Metrics::label("order.created"))
             .inc();
         m.outbox_depth.set(3);
+        m.refresh_process();
         let text = m.render();
+        if cfg!(target_os = "linux") {
+            let rss = sample_sum(&text, "shop_process_resident_memory_bytes", &[]);
+            assert!(rss > 1e6, "resident memory {rss}");
+            assert!(text.contains("shop_process_cpu_seconds_total{"), "{text}");
+        }
         assert!(text.contains("shop_messages_published_total{"), "{text}");
         assert!(text.contains("event_type=\"order.created\""));
         assert!(
@@ -208,6 +332,25 @@ mod tests {
             "{text}"
         );
     }
+}
+
+/// User and system CPU time of this process: fields 14 and 15 of /proc/self/stat, in
+/// USER_HZ ticks, which the kernel's ABI fixes at 100 a second for userspace.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // After the command name (which may hold spaces), in parentheses.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+/// VmRSS of /proc/self/status (kB).
+fn resident_bytes() -> Option<i64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// The sum of metric `name` over its samples in a Prometheus text exposition whose labels

@@ -22,16 +22,70 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::{bus::Publisher, envelope::Envelope, metrics::Metrics};
+use opentelemetry_semantic_conventions::attribute::{
+    MESSAGING_DESTINATION_NAME, MESSAGING_MESSAGE_CONVERSATION_ID, MESSAGING_MESSAGE_ID,
+    MESSAGING_OPERATION_TYPE, MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY, MESSAGING_SYSTEM,
+};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-/// Adds an event to the outbox inside the caller's transaction.
+use crate::{bus::Publisher, envelope::Envelope, metrics::Metrics, telemetry};
+
+/// The producer span of one event's publish, in the trace of the transaction that wrote it
+/// (`traceparent`, kept in its row), not the relay's: a batch carries many orders.
+fn send_span(program: &'static str, event: &Envelope, traceparent: Option<&str>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "send",
+        otel.name = %format_args!("send {}", event.event_type),
+        otel.kind = "producer",
+    );
+    let parent = traceparent
+        .map(telemetry::context_of_traceparent)
+        .unwrap_or_default();
+    telemetry::adopt(&span, program, parent);
+    messaging_attributes(&span, event, "send");
+    span
+}
+
+/// The messaging attributes of a span about `event` (semantic conventions 1.42), and the
+/// ids a search by order finds.
+pub(crate) fn messaging_attributes(
+    span: &tracing::Span,
+    event: &Envelope,
+    operation: &'static str,
+) {
+    span.set_attribute(MESSAGING_SYSTEM, "rabbitmq");
+    span.set_attribute(MESSAGING_OPERATION_TYPE, operation);
+    span.set_attribute(MESSAGING_DESTINATION_NAME, event.event_type.clone());
+    span.set_attribute(
+        MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
+        event.event_type.clone(),
+    );
+    span.set_attribute(MESSAGING_MESSAGE_ID, event.id.to_string());
+    span.set_attribute(
+        MESSAGING_MESSAGE_CONVERSATION_ID,
+        event.correlation_id.to_string(),
+    );
+    span.set_attribute("shop.correlation_id", event.correlation_id.to_string());
+    span.set_attribute("shop.aggregate_id", event.aggregate_id.to_string());
+    if let Some(order) = event.payload.get("order_id").and_then(|v| v.as_str()) {
+        span.set_attribute("shop.order_id", order.to_string());
+    } else if event.event_type.starts_with("order.") {
+        span.set_attribute("shop.order_id", event.aggregate_id.to_string());
+    }
+}
+
+/// Adds an event to the outbox inside the caller's transaction, with the trace context of the
+/// current span (the transaction's), in which the relay will publish it.
 pub async fn enqueue(tx: &mut PgConnection, event: &Envelope) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO outbox (event_id, event_type, body) VALUES ($1, $2, $3)")
-        .bind(event.id)
-        .bind(&event.event_type)
-        .bind(serde_json::to_string(event).expect("envelopes always serialize"))
-        .execute(tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO outbox (event_id, event_type, body, trace_context) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(event.id)
+    .bind(&event.event_type)
+    .bind(serde_json::to_string(event).expect("envelopes always serialize"))
+    .bind(telemetry::current_traceparent())
+    .execute(tx)
+    .await?;
     Ok(())
 }
 
@@ -85,7 +139,8 @@ impl Waker {
 /// Publishes a service's outbox.
 pub struct Relay {
     pub pool: PgPool,
-    pub schema: String,
+    /// The program whose outbox (schema) this is.
+    pub program: &'static str,
     pub publisher: Arc<dyn Publisher>,
     pub metrics: Arc<Metrics>,
     pub batch: i64,
@@ -96,8 +151,8 @@ impl Relay {
     /// Publishes one batch; returns how many rows were published.
     pub async fn drain_once(&self) -> anyhow::Result<usize> {
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT id, body FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        let rows: Vec<(i64, String, Option<String>)> = sqlx::query_as(
+            "SELECT id, body, trace_context FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(self.batch)
         .fetch_all(&mut *tx)
@@ -108,10 +163,14 @@ impl Relay {
         }
         let mut ids = Vec::with_capacity(rows.len());
         let mut events = Vec::with_capacity(rows.len());
-        for (id, body) in rows {
+        let mut spans = Vec::new();
+        for (id, body, trace) in rows {
             match serde_json::from_str::<Envelope>(&body) {
                 Ok(e) => {
                     ids.push(id);
+                    if telemetry::exporting() {
+                        spans.push(send_span(self.program, &e, trace.as_deref()));
+                    }
                     events.push(e);
                 }
                 Err(e) => {
@@ -120,7 +179,15 @@ impl Relay {
             }
         }
         crate::crash::point("relay.before_publish");
-        let results = self.publisher.publish_batch(&events).await;
+        let traces: Vec<opentelemetry::Context> = spans.iter().map(|s| s.context()).collect();
+        let results = self.publisher.publish_traced(&events, &traces).await;
+        for (span, result) in spans.iter().zip(&results) {
+            if let Err(e) = result {
+                telemetry::set_error(span, "publish", e.to_string());
+            }
+        }
+        // The sends end when confirmed (or refused).
+        drop(spans);
         crate::crash::point("relay.after_publish");
         // Stop at the first failure so that events stay in order: the rest go next time.
         let sent: Vec<i64> = ids
@@ -202,9 +269,9 @@ impl Relay {
             }
         }
         match self.flush().await {
-            Ok(n) => info!(schema = %self.schema, published = n, "outbox flushed"),
+            Ok(n) => info!(program = self.program, published = n, "outbox flushed"),
             Err(e) => {
-                warn!(schema = %self.schema, error = %format!("{e:#}"), "outbox not fully flushed; it will be published at the next start")
+                warn!(program = self.program, error = %format!("{e:#}"), "outbox not fully flushed; it will be published at the next start")
             }
         }
     }

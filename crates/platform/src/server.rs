@@ -101,6 +101,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let app = crate::http::with_common_layers(
             Router::new().route("/ok", get(|| async { "ok" })),
+            "test",
             Arc::new(crate::metrics::Metrics::new("test")),
             Duration::from_secs(5),
         );

@@ -227,6 +227,8 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     let name = program.name();
     let metrics = Arc::new(Metrics::new(name));
+    let identity = program.identity();
+    metrics.declare_event_types(identity.consumes, identity.publishes);
     let conns = Connections::open(program.as_ref(), &config, &fleet, &metrics).await?;
 
     let stop = CancellationToken::new();
@@ -274,8 +276,12 @@ pub async fn start(
     let health = match parts.admin {
         Some(admin) => {
             info!(program = name, addr = %admin.local_addr()?, "serving metrics and readiness");
-            let admin_app =
-                with_common_layers(ops_router(ops.clone()), metrics.clone(), request_timeout);
+            let admin_app = with_common_layers(
+                ops_router(ops.clone()),
+                name,
+                metrics.clone(),
+                request_timeout,
+            );
             servers.push(tokio::spawn(crate::server::serve(
                 admin,
                 admin_app,
@@ -288,6 +294,7 @@ pub async fn start(
     };
     let app = with_common_layers(
         parts.router.merge(health).layer(axum::Extension(verifier)),
+        name,
         metrics.clone(),
         request_timeout,
     );
@@ -451,7 +458,7 @@ impl Workers {
         });
         let relay = Relay {
             pool: pool.clone(),
-            schema: name.to_string(),
+            program: name,
             publisher: broker.clone(),
             metrics: metrics.clone(),
             batch: config.outbox_batch,
@@ -549,6 +556,10 @@ fn outbox_gauges(
         let pool = pool.clone();
         let metrics = metrics.clone();
         async move {
+            let idle = pool.num_idle() as i64;
+            metrics
+                .db_connections_in_use
+                .set(i64::from(pool.size()) - idle);
             if let Ok((depth, age)) = outbox::stats(&pool).await {
                 metrics.outbox_depth.set(depth);
                 metrics.outbox_oldest_age_seconds.set(age);

@@ -22,6 +22,7 @@ use crate::{
 use sqlx::PgPool;
 use tokio::net::{TcpListener, TcpStream};
 
+pub mod otlp;
 pub mod smtp;
 
 /// The Python of a virtualenv `target/<venv>` that can `import <module>`, made on first use

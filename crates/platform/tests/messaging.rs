@@ -158,7 +158,7 @@ impl Harness {
     fn relay(&self) -> Relay {
         Relay {
             pool: self.env.pool.clone(),
-            schema: SVC.into(),
+            program: SVC,
             publisher: self.broker.clone(),
             metrics: self.env.metrics.clone(),
             batch: 100,

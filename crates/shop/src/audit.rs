@@ -137,15 +137,10 @@ async fn in_flight(http: &reqwest::Client, base_url: &str) -> Option<u64> {
     Some(n.max(0.0) as u64)
 }
 
-/// Runs every check. `broker` adds the queue checks (pass `None` to check the databases only).
-/// Each service's crate reads its own tables; this combines what they report.
-pub async fn run(
-    config: &Config,
-    settings: &Settings,
-    broker: Option<&Broker>,
-) -> anyhow::Result<Report> {
-    // As the read-only `audit` role when SHOP_DB_PASSWORDS has one.
-    let pool = PgPoolOptions::new()
+/// One connection to the shop's database as the read-only `audit` role (when
+/// SHOP_DB_PASSWORDS has one): what the audit and `shop order` read with.
+pub async fn read_only_pool(config: &Config) -> anyhow::Result<sqlx::PgPool> {
+    PgPoolOptions::new()
         .max_connections(1)
         .connect_with(shop_platform::db::login(config, "audit")?)
         .await
@@ -154,7 +149,17 @@ pub async fn run(
                 "connecting to PostgreSQL at {}",
                 redact_url(&config.database_url)
             )
-        })?;
+        })
+}
+
+/// Runs every check. `broker` adds the queue checks (pass `None` to check the databases only).
+/// Each service's crate reads its own tables; this combines what they report.
+pub async fn run(
+    config: &Config,
+    settings: &Settings,
+    broker: Option<&Broker>,
+) -> anyhow::Result<Report> {
+    let pool = read_only_pool(config).await?;
     let mut r = Report::default();
 
     // 1. orders

@@ -54,6 +54,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print one order's path across the services from what they recorded: its status
+    /// history, each event of its saga (who wrote it, when it was published, who handled it
+    /// and when, who has not yet), its dead letters and its trace id. No tracing backend
+    /// needed: "where is this order stuck?" in one command.
+    Order {
+        /// The order id.
+        id: uuid::Uuid,
+        /// Print it as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Fill an idempotent demo catalog (about 20 products with stock).
     Seed,
     /// Print the AsyncAPI 3 document of every event (also served by the gateway at
@@ -123,7 +134,13 @@ pub enum DlqCommand {
 }
 
 pub fn main(cli: Cli) -> ExitCode {
-    telemetry::init(cli.config.log.as_deref(), &cli.config.log_format);
+    // The programs this process runs export their spans, each under its own service name.
+    let programs: Vec<&'static str> = match &cli.command {
+        Command::Up(_) => names().collect(),
+        Command::Run { program } => names().filter(|n| n == program).collect(),
+        _ => Vec::new(),
+    };
+    let tracing = telemetry::init(cli.config.log.as_deref(), &cli.config.log_format, &programs);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -134,7 +151,10 @@ pub fn main(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(execute(cli)) {
+    let result = rt.block_on(execute(cli));
+    // After the programs stopped: their last spans are still buffered.
+    tracing.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
@@ -244,6 +264,26 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             } else {
                 anyhow::bail!("{} invariant violation(s)", report.violations.len())
             }
+        }
+        Command::Order { id, json } => {
+            let broker = match dlq_broker(&config).await {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    warn!(error = %one_line(&e), "the broker is unreachable: dead letters are not checked");
+                    None
+                }
+            };
+            let timeline = crate::timeline::read(&config, id, broker.as_deref()).await;
+            if let Some(b) = broker {
+                b.close().await;
+            }
+            let timeline = timeline?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&timeline)?);
+            } else {
+                print!("{}", timeline.table());
+            }
+            Ok(())
         }
         Command::Asyncapi => {
             println!("{}", serde_json::to_string_pretty(&crate::asyncapi())?);

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod client;
 pub mod load;
 pub mod local;
+pub mod timeline;
 
 use std::sync::Arc;
 

@@ -38,7 +38,7 @@ fn output(cmd: &mut Command, tool: &str, install: &str) -> String {
     String::from_utf8(out.stdout).expect("UTF-8")
 }
 
-/// Every `SHOP_*` variable `shop --help` documents.
+/// Every `SHOP_*` variable `shop --help` documents, and the `OTEL_*` ones tracing reads.
 fn known_variables() -> BTreeSet<String> {
     let help = Cli::command().render_long_help().to_string();
     let mut known = BTreeSet::new();
@@ -51,6 +51,12 @@ fn known_variables() -> BTreeSet<String> {
     }
     // Read from the environment directly, not flags (docs/architecture.md, section 8).
     known.extend(["SHOP_LOG".to_string(), "SHOP_CRASH_POINT".to_string()]);
+    // The standard OpenTelemetry variables (docs/architecture.md, section 10).
+    known.extend(
+        shop_platform::telemetry::OTEL_VARIABLES
+            .iter()
+            .map(|v| v.to_string()),
+    );
     assert!(known.contains("SHOP_AMQP_URL"), "{help}");
     known
 }

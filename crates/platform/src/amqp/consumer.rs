@@ -32,7 +32,13 @@ use crate::{
     envelope::Envelope,
     inbox,
     metrics::{Metrics, TypeLabel},
+    telemetry,
 };
+use opentelemetry_semantic_conventions::attribute::{
+    MESSAGING_CONSUMER_GROUP_NAME, MESSAGING_OPERATION_TYPE,
+    MESSAGING_RABBITMQ_MESSAGE_DELIVERY_TAG, MESSAGING_SYSTEM,
+};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 impl Broker {
     /// Starts consuming `service`'s queue with `handler`, whose effects commit in `pool`.
@@ -40,14 +46,14 @@ impl Broker {
     /// messages in flight are finished and acked.
     pub fn consume(
         self: &Arc<Self>,
-        service: &str,
+        service: &'static str,
         pool: PgPool,
         handler: Arc<dyn Handler>,
         stop: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         let consumer = Arc::new(Consumer {
             broker: self.clone(),
-            service: service.to_string(),
+            service,
             queue: self.cfg.names.queue(service),
             pool,
             handler,
@@ -58,7 +64,7 @@ impl Broker {
 
 struct Consumer {
     broker: Arc<Broker>,
-    service: String,
+    service: &'static str,
     queue: String,
     pool: PgPool,
     handler: Arc<dyn Handler>,
@@ -193,7 +199,36 @@ impl Consumer {
             .as_ref()
             .map(|s| s.to_string())
             .unwrap_or_default();
-        let span = info_span!("message", queue = %self.queue, id = %message_id, attempt = attempts);
+        let kind = delivery
+            .properties
+            .kind()
+            .as_ref()
+            .map(|k| k.as_str())
+            .unwrap_or("message");
+        let span = info_span!(
+            "message",
+            queue = %self.queue,
+            id = %message_id,
+            attempt = attempts,
+            otel.name = %format_args!("process {kind}"),
+            otel.kind = "consumer",
+        );
+        if telemetry::exporting() {
+            // The parent is the producer's span, carried in the headers (kept through the
+            // retry queues, redeliveries and replays): one trace per saga.
+            telemetry::adopt(
+                &span,
+                self.service,
+                telemetry::extract_amqp(delivery.properties.headers().as_ref()),
+            );
+            span.set_attribute(
+                MESSAGING_RABBITMQ_MESSAGE_DELIVERY_TAG,
+                delivery.delivery_tag as i64,
+            );
+            span.set_attribute(MESSAGING_CONSUMER_GROUP_NAME, self.queue.clone());
+            span.set_attribute("shop.attempt", attempts);
+            span.set_attribute("shop.redelivered", delivery.redelivered);
+        }
         // The span is attached to the future, never entered across an await (a guard held
         // over awaits corrupts the span stack of whatever else runs on that thread).
         self.process_in_span(delivery, attempts)
@@ -203,7 +238,20 @@ impl Consumer {
 
     /// Decides a message's fate and carries it out.
     async fn process_in_span(&self, delivery: Delivery, attempts: i64) {
+        let started = std::time::Instant::now();
         let fate = self.decide(&delivery, attempts).await;
+        if telemetry::exporting() {
+            let span = tracing::Span::current();
+            match &fate {
+                Fate::Ack => {}
+                Fate::Retry { error, .. } | Fate::Postpone { error, .. } => {
+                    telemetry::set_error(&span, "retry", error.clone())
+                }
+                Fate::DeadLetter { reason, .. } => {
+                    telemetry::set_error(&span, "dead_letter", reason.clone())
+                }
+            }
+        }
         let label = Metrics::label(
             &delivery
                 .properties
@@ -212,6 +260,27 @@ impl Consumer {
                 .map(|s| s.to_string())
                 .unwrap_or_default(),
         );
+        if telemetry::exporting() {
+            let settle = info_span!(
+                "settle",
+                otel.name = %format_args!("settle {}", label.event_type),
+                otel.kind = "client",
+            );
+            settle.set_attribute(MESSAGING_SYSTEM, "rabbitmq");
+            settle.set_attribute(MESSAGING_OPERATION_TYPE, "settle");
+            self.settle(delivery, fate, &label).instrument(settle).await;
+        } else {
+            self.settle(delivery, fate, &label).await;
+        }
+        self.broker
+            .metrics
+            .handler_duration
+            .get_or_create(&label)
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Acks the message, or forwards it to a retry or dead-letter queue and then acks it.
+    async fn settle(&self, delivery: Delivery, fate: Fate, label: &TypeLabel) {
         let forwarded = match self.forward(fate) {
             None => Ok(()),
             Some(f) => {
@@ -221,9 +290,7 @@ impl Consumer {
                     .publish_to_queue(&f.queue, &delivery.data, props)
                     .await;
                 if r.is_ok() {
-                    (f.counter)(&self.broker.metrics)
-                        .get_or_create(&label)
-                        .inc();
+                    (f.counter)(&self.broker.metrics).get_or_create(label).inc();
                 }
                 r
             }
@@ -264,13 +331,16 @@ impl Consumer {
             .broker
             .cfg
             .topology
-            .bindings_of(&self.service)
+            .bindings_of(self.service)
             .contains(&env.event_type.as_str())
         {
             return Fate::DeadLetter {
                 attempts,
                 reason: format!("{} has no handler for {}", self.service, env.event_type),
             };
+        }
+        if telemetry::exporting() {
+            crate::outbox::messaging_attributes(&tracing::Span::current(), &env, "process");
         }
         let m = &self.broker.metrics;
         let label = Metrics::label(&env.event_type);
@@ -326,7 +396,7 @@ impl Consumer {
                 let delay = self.broker.cfg.retry_delays[idx - 1];
                 debug!(%error, delay_ms = delay.as_millis() as u64, "retrying later");
                 Forward {
-                    queue: names.retry_queue(&self.service, idx),
+                    queue: names.retry_queue(self.service, idx),
                     headers: vec![
                         (H_ATTEMPTS, long(attempts as u64 + 1)),
                         (H_LAST_ERROR, text(error)),
@@ -337,7 +407,7 @@ impl Consumer {
             Fate::Postpone { attempts, error } => {
                 debug!(%error, "database away; postponing without using an attempt");
                 Forward {
-                    queue: names.retry_queue(&self.service, 1),
+                    queue: names.retry_queue(self.service, 1),
                     headers: vec![
                         (H_ATTEMPTS, long(attempts as u64)),
                         (H_LAST_ERROR, text(error)),
@@ -348,7 +418,7 @@ impl Consumer {
             Fate::DeadLetter { attempts, reason } => {
                 warn!(%reason, "dead-lettering message");
                 Forward {
-                    queue: names.dead_letter_queue(&self.service),
+                    queue: names.dead_letter_queue(self.service),
                     headers: vec![
                         (H_ATTEMPTS, long(attempts as u64)),
                         (H_REASON, text(reason)),

@@ -59,3 +59,22 @@ pub(crate) fn now_ms() -> u64 {
 pub(crate) fn long(v: u64) -> AMQPValue {
     AMQPValue::LongLongInt(v as i64)
 }
+
+#[cfg(test)]
+mod tests {
+    use lapin::types::FieldTable;
+
+    use super::*;
+
+    #[test]
+    fn a_retried_message_keeps_its_trace_context_and_other_headers() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut headers = FieldTable::default();
+        headers.insert("traceparent".into(), AMQPValue::LongString(tp.into()));
+        headers.insert(H_ATTEMPTS.into(), long(1));
+        let props = BasicProperties::default().with_headers(headers);
+        let retried = with_headers(&props, &[(H_ATTEMPTS, long(2))]);
+        assert_eq!(header_str(&retried, "traceparent").as_deref(), Some(tp));
+        assert_eq!(header_int(&retried, H_ATTEMPTS), Some(2));
+    }
+}

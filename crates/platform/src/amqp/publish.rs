@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use lapin::{
     BasicProperties, Confirmation,
     options::BasicPublishOptions,
-    types::{AMQPValue, FieldTable, ShortString},
+    types::{FieldTable, ShortString},
 };
 
 use super::Broker;
@@ -16,6 +16,7 @@ use crate::{
     bus::{PublishError, Publisher},
     envelope::Envelope,
     metrics::Metrics,
+    telemetry,
 };
 
 /// How long a publish waits for its confirm before the connection is deemed broken (a
@@ -69,6 +70,14 @@ impl Broker {
 #[async_trait]
 impl Publisher for Broker {
     async fn publish_batch(&self, events: &[Envelope]) -> Vec<Result<(), PublishError>> {
+        self.publish_traced(events, &[]).await
+    }
+
+    async fn publish_traced(
+        &self,
+        events: &[Envelope],
+        traces: &[opentelemetry::Context],
+    ) -> Vec<Result<(), PublishError>> {
         let Some(live) = self.current() else {
             self.metrics.publish_failures.inc_by(events.len() as u64);
             return events
@@ -78,8 +87,8 @@ impl Publisher for Broker {
         };
         let exchange = ShortString::from(self.cfg.names.exchange());
         let mut pending = Vec::with_capacity(events.len());
-        for env in events {
-            let props = properties(env);
+        for (i, env) in events.iter().enumerate() {
+            let props = properties(env, traces.get(i));
             let opts = BasicPublishOptions {
                 mandatory: self.cfg.topology.has_consumers(&env.event_type),
                 immediate: false,
@@ -140,15 +149,13 @@ fn check_confirm(confirm: lapin::Result<Confirmation>, target: &str) -> Result<(
     }
 }
 
-/// AMQP properties of an event: id, type, JSON, persistent, timestamp, and a W3C
-/// `traceparent` whose trace id is the saga's correlation id, so one trace spans the saga.
-fn properties(env: &Envelope) -> BasicProperties {
+/// AMQP properties of an event: id, type, JSON, persistent, timestamp, correlation id, and
+/// the W3C `traceparent` of its producer span (when traced).
+fn properties(env: &Envelope, trace: Option<&opentelemetry::Context>) -> BasicProperties {
     let mut headers = FieldTable::default();
-    let span = &env.id.as_simple().to_string()[16..];
-    headers.insert(
-        "traceparent".into(),
-        AMQPValue::LongString(format!("00-{}-{}-01", env.correlation_id.as_simple(), span).into()),
-    );
+    if let Some(cx) = trace {
+        telemetry::inject_amqp(cx, &mut headers);
+    }
     BasicProperties::default()
         .with_message_id(env.id.to_string().into())
         .with_type(env.event_type.as_str().into())

@@ -84,6 +84,25 @@ impl Cluster {
     /// Starts every program with the given extra environment and waits until the gateway
     /// reports all of them ready.
     pub async fn start(extra: &[(&str, &str)]) -> Cluster {
+        let mut cluster = Cluster::prepare(extra).await;
+        for p in shop::names() {
+            cluster.spawn(p);
+        }
+        cluster.wait_ready(Duration::from_secs(90)).await;
+        cluster
+    }
+
+    /// Like [`Cluster::start`], with every program in one `shop up` process (the child
+    /// called `up`).
+    pub async fn start_up(extra: &[(&str, &str)]) -> Cluster {
+        let mut cluster = Cluster::prepare(extra).await;
+        cluster.spawn_command("up", &["up"], &[]);
+        cluster.wait_ready(Duration::from_secs(90)).await;
+        cluster
+    }
+
+    /// The servers, database, settings and environment of a cluster, nothing started.
+    async fn prepare(extra: &[(&str, &str)]) -> Cluster {
         let id = Uuid::new_v4().simple().to_string();
         let ns = format!("e{}", &id[..12]);
         let db_url = format!("postgres://postgres@127.0.0.1:5432/shop_{ns}");
@@ -157,7 +176,7 @@ impl Cluster {
             .join(&ns);
         std::fs::create_dir_all(&log_dir).unwrap();
         let admin = format!("http://127.0.0.1:{}", settings.gateway.admin_port);
-        let mut cluster = Cluster {
+        Cluster {
             config,
             settings,
             base: format!("http://127.0.0.1:{gateway_port}"),
@@ -170,12 +189,7 @@ impl Cluster {
             log_dir,
             env,
             children: HashMap::new(),
-        };
-        for p in shop::names() {
-            cluster.spawn(p);
         }
-        cluster.wait_ready(Duration::from_secs(90)).await;
-        cluster
     }
 
     /// Starts (or restarts) one program.
@@ -186,13 +200,18 @@ impl Cluster {
     /// Starts (or restarts) one program with extra environment on top of the cluster's (for
     /// example `SHOP_CRASH_POINT`); a later `spawn` starts it without.
     pub fn spawn_with(&mut self, program: &'static str, extra: &[(&str, &str)]) {
+        self.spawn_command(program, &["run", program], extra);
+    }
+
+    /// Starts `shop <args>` as the child called `name`, logging to `<name>.log`.
+    fn spawn_command(&mut self, program: &'static str, args: &[&str], extra: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_dir.join(format!("{program}.log")))
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_shop"))
-            .args(["run", program])
+            .args(args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .envs(extra.iter().copied())
             .env("NO_COLOR", "1")

@@ -12,4 +12,5 @@ mod mail;
 mod readme;
 mod saga;
 mod streams;
+mod traces;
 mod trust;
