@@ -224,7 +224,7 @@ impl Timeline {
         }
         out.push_str(&format!(
             "\n\n{:>8}  {:<26} {:<14} {:>10}  HANDLED BY\n",
-            "+MS", "EVENT", "FROM", "PUBLISHED"
+            "+MS", "EVENT", "FROM", "CONFIRMED"
         ));
         for e in &self.events {
             let sent = e
@@ -254,6 +254,10 @@ impl Timeline {
                 out.push_str(&format!("{:>10}(in trace {t})\n", ""));
             }
         }
+        out.push_str(
+            "(ms after the order was placed; CONFIRMED: when the relay recorded the broker's \
+             confirm, which may come after a consumer handled the event)\n",
+        );
         match &self.dead_letters {
             None => out.push_str("\ndead letters: not checked (the broker is unreachable)\n"),
             Some(d) if d.is_empty() => out.push_str("\ndead letters: none\n"),
