@@ -23,12 +23,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use opentelemetry_semantic_conventions::attribute::{
-    MESSAGING_DESTINATION_NAME, MESSAGING_MESSAGE_CONVERSATION_ID, MESSAGING_MESSAGE_ID,
-    MESSAGING_OPERATION_TYPE, MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY, MESSAGING_SYSTEM,
+    DB_OPERATION_NAME, DB_SYSTEM_NAME, MESSAGING_BATCH_MESSAGE_COUNT, MESSAGING_DESTINATION_NAME,
+    MESSAGING_MESSAGE_CONVERSATION_ID, MESSAGING_MESSAGE_ID, MESSAGING_OPERATION_TYPE,
+    MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY, MESSAGING_SYSTEM,
 };
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::{bus::Publisher, envelope::Envelope, metrics::Metrics, telemetry};
+
+/// Links a relay batch's span keeps (the SDK's default limit).
+const MAX_LINKS: usize = 128;
 
 /// The producer span of one event's publish, in the trace of the transaction that wrote it
 /// (`traceparent`, kept in its row), not the relay's: a batch carries many orders.
@@ -66,7 +70,6 @@ pub(crate) fn messaging_attributes(
         event.correlation_id.to_string(),
     );
     span.set_attribute("shop.correlation_id", event.correlation_id.to_string());
-    span.set_attribute("shop.aggregate_id", event.aggregate_id.to_string());
     if let Some(order) = event.payload.get("order_id").and_then(|v| v.as_str()) {
         span.set_attribute("shop.order_id", order.to_string());
     } else if event.event_type.starts_with("order.") {
@@ -164,12 +167,14 @@ impl Relay {
         let mut ids = Vec::with_capacity(rows.len());
         let mut events = Vec::with_capacity(rows.len());
         let mut spans = Vec::new();
+        let mut contexts = Vec::new();
         for (id, body, trace) in rows {
             match serde_json::from_str::<Envelope>(&body) {
                 Ok(e) => {
                     ids.push(id);
                     if telemetry::exporting() {
                         spans.push(send_span(self.program, &e, trace.as_deref()));
+                        contexts.extend(trace);
                     }
                     events.push(e);
                 }
@@ -178,6 +183,25 @@ impl Relay {
                 }
             }
         }
+        // The batch's own transaction (claimed, published, marked): a trace of its own,
+        // linked to the traces of the rows it carries.
+        let batch = telemetry::exporting().then(|| {
+            let span = tracing::info_span!(
+                "relay",
+                otel.name = "outbox relay batch",
+                otel.kind = "client",
+                rows = events.len(),
+            );
+            telemetry::adopt_linked(
+                &span,
+                self.program,
+                contexts.iter().take(MAX_LINKS).map(String::as_str),
+            );
+            span.set_attribute(DB_SYSTEM_NAME, "postgresql");
+            span.set_attribute(DB_OPERATION_NAME, "relay outbox batch");
+            span.set_attribute(MESSAGING_BATCH_MESSAGE_COUNT, events.len() as i64);
+            span
+        });
         crate::crash::point("relay.before_publish");
         let traces: Vec<opentelemetry::Context> = spans.iter().map(|s| s.context()).collect();
         let results = self.publisher.publish_traced(&events, &traces).await;
@@ -208,6 +232,9 @@ impl Relay {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        if let (Some(span), Some(e)) = (&batch, &failure) {
+            telemetry::set_error(span, "publish", e.to_string());
+        }
         match failure {
             Some(e) if sent.is_empty() => Err(e.into()),
             Some(e) => {

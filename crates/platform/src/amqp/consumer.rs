@@ -260,7 +260,9 @@ impl Consumer {
                 .map(|s| s.to_string())
                 .unwrap_or_default(),
         );
-        if telemetry::exporting() {
+        // A settle span when the message goes elsewhere (a retry or dead-letter queue): a
+        // plain ack is the end of the consumer span (a span for it cost more than the ack).
+        if telemetry::exporting() && !matches!(fate, Fate::Ack) {
             let settle = info_span!(
                 "settle",
                 otel.name = %format_args!("settle {}", label.event_type),

@@ -46,6 +46,17 @@ where
         event.record(&mut fields);
         line.insert("fields".into(), Value::Object(fields.0));
         line.insert("target".into(), meta.target().into());
+        // The innermost enclosing span that is traced names the line's trace and span.
+        let traced = ctx.event_scope().and_then(|scope| {
+            let ids: Vec<tracing::span::Id> = scope.map(|s| s.id()).collect();
+            tracing::dispatcher::get_default(|dispatch| {
+                ids.iter().find_map(|id| {
+                    let cx = tracing_opentelemetry::get_otel_context(id, dispatch)?;
+                    let sc = cx.span().span_context().clone();
+                    sc.is_valid().then_some(sc)
+                })
+            })
+        });
         if let Some(scope) = ctx.event_scope() {
             let spans: Vec<Value> = scope
                 .from_root()
@@ -64,10 +75,7 @@ where
             }
             line.insert("spans".into(), Value::Array(spans));
         }
-        // The context of the innermost traced span entered on this thread.
-        let cx = opentelemetry::Context::current();
-        let sc = cx.span().span_context().clone();
-        if sc.is_valid() {
+        if let Some(sc) = traced {
             line.insert("trace_id".into(), sc.trace_id().to_string().into());
             line.insert("span_id".into(), sc.span_id().to_string().into());
         }

@@ -121,13 +121,17 @@ pub fn route(method: &str, template: &str) {
     }
 }
 
-/// Makes `span` the root of a new trace of `program`, linked to the trace a stored
-/// `traceparent` names (work that follows from an earlier request without being part of
-/// it: a deadline's compensation).
-pub fn adopt_linked(span: &tracing::Span, program: &'static str, traceparent: Option<&str>) {
+/// Makes `span` the root of a new trace of `program`, linked to the traces stored
+/// `traceparent`s name (work that follows from earlier requests without being part of them:
+/// a deadline's compensation, a relay batch carrying many orders' events).
+pub fn adopt_linked<'a>(
+    span: &tracing::Span,
+    program: &'static str,
+    traceparents: impl IntoIterator<Item = &'a str>,
+) {
     if exporting() {
         adopt(span, program, Context::new());
-        if let Some(tp) = traceparent {
+        for tp in traceparents {
             let linked = context_of_traceparent(tp);
             let sc = linked.span().span_context().clone();
             if sc.is_valid() {
@@ -163,7 +167,7 @@ pub fn current_traceparent() -> Option<String> {
     }
     let mut carrier = Traceparent(None);
     opentelemetry::global::get_text_map_propagator(|p| {
-        p.inject_context(&Context::current(), &mut carrier)
+        p.inject_context(&tracing::Span::current().context(), &mut carrier)
     });
     carrier.0
 }
