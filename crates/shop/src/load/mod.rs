@@ -89,8 +89,9 @@ pub struct LoadArgs {
     /// Requests to send in all.
     #[arg(long)]
     pub count: Option<u64>,
-    /// Seconds to send for (the default is 10 when --count is not given either).
-    #[arg(long)]
+    /// How long to send for: `20s`, `2m`, `1m30s` or plain seconds (`20`, `0.5`); the
+    /// default is 10 s when --count is not given either.
+    #[arg(long, value_parser = seconds)]
     pub duration: Option<f64>,
     /// Percentage of orders paid with `tok_decline` (cancelled with payment_failed).
     #[arg(long, default_value_t = 0.0)]
@@ -242,7 +243,7 @@ fn validate(args: &LoadArgs) -> anyhow::Result<()> {
     if let Some(d) = args.duration
         && !(d > 0.0 && d <= 86_400.0)
     {
-        bail!("--duration must be above 0 and at most 86400 seconds");
+        bail!("--duration must be above 0 and at most 24h");
     }
     if args.count == Some(0) {
         bail!("--count must be at least 1");
@@ -294,9 +295,30 @@ use report::audit_when_quiet;
 pub use report::{Latency, Report};
 use setup::*;
 
+/// A duration in seconds from `20s`, `2m`, `1m30s` (humantime) or plain seconds.
+fn seconds(s: &str) -> Result<f64, String> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<f64>() {
+        return Ok(n);
+    }
+    humantime::parse_duration(s)
+        .map(|d| d.as_secs_f64())
+        .map_err(|e| format!("{e}: give seconds (20), or a unit (20s, 2m, 1m30s)"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_take_units_or_plain_seconds() {
+        assert_eq!(seconds("20"), Ok(20.0));
+        assert_eq!(seconds("0.5"), Ok(0.5));
+        assert_eq!(seconds("20s"), Ok(20.0));
+        assert_eq!(seconds("2m"), Ok(120.0));
+        assert_eq!(seconds("1m30s"), Ok(90.0));
+        assert!(seconds("soon").is_err());
+    }
 
     #[test]
     fn the_outcome_mix_follows_the_percentages() {
