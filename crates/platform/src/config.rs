@@ -22,7 +22,9 @@ pub enum QueueType {
 /// on their standard loopback ports.
 #[derive(Args, Clone, Debug)]
 pub struct Config {
-    /// RabbitMQ URL.
+    /// RabbitMQ URL, or the URLs of a cluster's nodes separated by commas: a program
+    /// connects to one of them (tried in a shuffled order) and, when that node is lost,
+    /// to another.
     #[arg(long, env = "SHOP_AMQP_URL", global = true)]
     #[arg(default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     pub amqp_url: String,
@@ -254,6 +256,16 @@ impl Config {
         }
     }
 
+    /// The broker nodes' URLs of SHOP_AMQP_URL (one or more, comma-separated).
+    pub fn amqp_urls(&self) -> Vec<String> {
+        self.amqp_url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Base URL at which `program` is reached on `port`: its entry in SHOP_SERVICE_URLS,
     /// or SHOP_SERVICES_HOST and the port.
     pub fn service_url(&self, program: &str, port: u16) -> String {
@@ -323,6 +335,14 @@ mod tests {
         assert_eq!(c.retry_delays_ms, vec![1000, 5000, 30000]);
         assert_eq!(c.cache_redis_url(), "redis://127.0.0.1:6379");
         assert_eq!(c.service_url("orders", 8084), "http://127.0.0.1:8084");
+    }
+
+    #[test]
+    fn several_broker_nodes_are_comma_separated() {
+        let mut c = Config::defaults();
+        assert_eq!(c.amqp_urls(), [c.amqp_url.clone()]);
+        c.amqp_url = "amqp://a:5672/%2f, amqp://b:5672/%2f,".into();
+        assert_eq!(c.amqp_urls(), ["amqp://a:5672/%2f", "amqp://b:5672/%2f"]);
     }
 
     #[test]

@@ -594,6 +594,163 @@ async fn publishing_and_consuming_resume_after_the_connections_drop() {
     h.shutdown().await;
 }
 
+/// With quorum queues (work, retry and dead-letter queues alike) the same rules hold: a
+/// transient failure is retried through the delay queues (their TTL dead-letters back into
+/// the work queue), one that keeps failing is dead-lettered after every attempt with its last
+/// error, a poison message at once, and a replay re-drives it.
+#[tokio::test]
+async fn quorum_queues_retry_and_dead_letter_as_classic_ones_do() {
+    let mut h = Harness::new(|c| c.queue_type = shop_platform::config::QueueType::Quorum).await;
+    h.start_consumer();
+    let retried = event();
+    h.handler
+        .fail_transient
+        .lock()
+        .unwrap()
+        .insert(retried.id, 2);
+    let doomed = event();
+    h.handler
+        .fail_transient
+        .lock()
+        .unwrap()
+        .insert(doomed.id, usize::MAX);
+    h.publish_raw(b"{not json", "payment.requested").await;
+    h.broker.publish(&retried).await.unwrap();
+    h.broker.publish(&doomed).await.unwrap();
+    let pool = h.env.pool.clone();
+    eventually("handled on its third attempt", WAIT, || async {
+        effects(&pool, retried.id).await == 1
+    })
+    .await;
+    let letters = eventually_some("two dead letters", WAIT, || async {
+        Some(h.dead_letters().await).filter(|l| l.len() == 2)
+    })
+    .await;
+    let doomed_letter = letters
+        .iter()
+        .find(|l| l.message_id == doomed.id.to_string())
+        .expect("the failing one");
+    assert_eq!(doomed_letter.attempts, 3, "first attempt + two retries");
+    assert!(
+        doomed_letter.reason.contains("database hiccup"),
+        "{}",
+        doomed_letter.reason
+    );
+    let poison = letters.iter().find(|l| l.message_id == "poison-1").unwrap();
+    assert!(
+        poison.reason.contains("malformed envelope"),
+        "{}",
+        poison.reason
+    );
+    // The queues really are quorum queues (as the broker lists them).
+    let listed = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_queues", "name", "type"])
+        .output()
+        .expect("rabbitmqctl lists the broker's queues");
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    let names = h.broker.names();
+    for queue in [
+        names.queue(SVC),
+        names.dead_letter_queue(SVC),
+        names.retry_queue(SVC, 1),
+    ] {
+        assert!(
+            listed
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == [queue.as_str(), "quorum"]),
+            "{queue} is not a quorum queue:\n{listed}"
+        );
+    }
+
+    // Fixed, the failing one is replayed and handled once.
+    h.handler.fail_transient.lock().unwrap().clear();
+    let n = dlq::replay(&h.broker, SVC, Some(&doomed.id.to_string()))
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    eventually("the replayed message is handled", WAIT, || async {
+        effects(&pool, doomed.id).await == 1
+    })
+    .await;
+    h.shutdown().await;
+}
+
+/// Two "nodes" (proxies to the one broker of this machine: what matters here is the client):
+/// a program starts on whichever node answers, and when its node is lost it moves to the
+/// other, publishing and consuming as before.
+#[tokio::test]
+async fn a_program_moves_to_another_node_when_its_node_is_lost() {
+    let upstream = "127.0.0.1:5672";
+    let (a, b) = (Proxy::start(upstream).await, Proxy::start(upstream).await);
+    let url = |p: &Proxy| format!("amqp://guest:guest@127.0.0.1:{}/%2f", p.port);
+    // Node a is down at start-up: the program connects to b.
+    a.refuse(true);
+    let urls = format!("{},{}", url(&a), url(&b));
+    let mut h = Harness::new(|c| c.amqp_url = urls).await;
+    h.start_consumer();
+    let pool = h.env.pool.clone();
+    let first = event();
+    h.broker.publish(&first).await.unwrap();
+    eventually("handled through node b", WAIT, || async {
+        effects(&pool, first.id).await == 1
+    })
+    .await;
+
+    // Node a is back, node b dies: the program reconnects to a by itself.
+    a.refuse(false);
+    b.refuse(true);
+    b.cut();
+    let broker = h.broker.clone();
+    eventually("the loss of b is noticed", WAIT, || async {
+        !broker.is_connected()
+    })
+    .await;
+    assert!(h.broker.wait_connected(WAIT).await, "reconnected to node a");
+    let second = event();
+    h.broker.publish(&second).await.unwrap();
+    eventually("handled through node a", WAIT, || async {
+        effects(&pool, second.id).await == 1
+    })
+    .await;
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn no_node_answering_is_one_error_naming_each() {
+    let (a, b) = (
+        Proxy::start("127.0.0.1:5672").await,
+        Proxy::start("127.0.0.1:5672").await,
+    );
+    a.refuse(true);
+    b.refuse(true);
+    let mut config = shop_platform::config::Config::defaults();
+    config.amqp_url = format!(
+        "amqp://guest:guest@127.0.0.1:{}/%2f,amqp://guest:guest@127.0.0.1:{}/%2f",
+        a.port, b.port
+    );
+    let cfg = shop_platform::amqp::BrokerConfig::for_tools(
+        &config,
+        "test",
+        shop_platform::topology::Topology::new(std::iter::empty()),
+    );
+    let err =
+        match Broker::connect(cfg, Arc::new(shop_platform::metrics::Metrics::new("test"))).await {
+            Ok(_) => panic!("connected to a refusing node"),
+            Err(e) => format!("{e:#}"),
+        };
+    assert!(
+        err.starts_with("cannot connect to any RabbitMQ node"),
+        "{err}"
+    );
+    for p in [&a, &b] {
+        assert!(err.contains(&format!("127.0.0.1:{}", p.port)), "{err}");
+    }
+    assert!(
+        !err.contains("guest:guest"),
+        "credentials are redacted: {err}"
+    );
+}
+
 #[tokio::test]
 async fn a_graceful_stop_finishes_the_message_in_flight() {
     let mut h = Harness::new(|_| {}).await;

@@ -35,9 +35,7 @@ impl Broker {
     /// Connects (failing with a one-line error naming the URL if the broker cannot be
     /// reached), declares the topology, and starts the supervisor that reconnects.
     pub async fn connect(cfg: BrokerConfig, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Broker>> {
-        let live = connect_live(&cfg)
-            .await
-            .with_context(|| format!("cannot connect to RabbitMQ at {}", redact_url(&cfg.url)))?;
+        let (live, _) = connect_any(&cfg).await?;
         let (tx, _) = watch::channel(Some(Arc::new(live)));
         let broker = Arc::new(Broker {
             cfg,
@@ -148,9 +146,9 @@ impl Broker {
                 if self.closed.is_cancelled() {
                     return;
                 }
-                match connect_live(&self.cfg).await {
-                    Ok(live) => {
-                        info!(url = %redact_url(&self.cfg.url), "RabbitMQ connected; topology declared");
+                match connect_any(&self.cfg).await {
+                    Ok((live, url)) => {
+                        info!(url = %redact_url(url), "RabbitMQ connected; topology declared");
                         self.live.send_replace(Some(Arc::new(live)));
                         backoff = Duration::from_millis(100);
                         break;
@@ -169,15 +167,45 @@ impl Broker {
     }
 }
 
-async fn connect_live(cfg: &BrokerConfig) -> anyhow::Result<Live> {
+/// Connects to one of the configured nodes, trying them in a shuffled order (so that the
+/// programs of a deployment spread over a cluster's nodes, and a lost node's clients move to
+/// the others); returns the connection and the URL it used. The error names every node.
+async fn connect_any(cfg: &BrokerConfig) -> anyhow::Result<(Live, &str)> {
+    use rand::seq::SliceRandom as _;
+    let mut order: Vec<&str> = cfg.urls.iter().map(String::as_str).collect();
+    order.shuffle(&mut rand::rng());
+    let mut errors = Vec::new();
+    for url in order {
+        match connect_live(cfg, url).await {
+            Ok(live) => return Ok((live, url)),
+            Err(e) => {
+                debug!(url = %redact_url(url), error = %format!("{e:#}"), "RabbitMQ node unavailable");
+                errors.push(format!("{}: {e:#}", redact_url(url)));
+            }
+        }
+    }
+    match errors.len() {
+        0 => anyhow::bail!("no RabbitMQ URL configured (SHOP_AMQP_URL)"),
+        1 => Err(anyhow::anyhow!(
+            "cannot connect to RabbitMQ at {}",
+            errors[0]
+        )),
+        _ => Err(anyhow::anyhow!(
+            "cannot connect to any RabbitMQ node: {}",
+            errors.join("; ")
+        )),
+    }
+}
+
+/// How long one node may take to accept a connection before the next is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn connect_live(cfg: &BrokerConfig, url: &str) -> anyhow::Result<Live> {
     let props =
         ConnectionProperties::default().with_connection_name(cfg.connection_name.clone().into());
-    let conn = tokio::time::timeout(
-        Duration::from_secs(10),
-        Connection::connect(&cfg.url, props),
-    )
-    .await
-    .context("timed out")??;
+    let conn = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, props))
+        .await
+        .context("timed out")??;
     if cfg.declare_topology {
         let setup = conn.create_channel().await?;
         declare_topology(&setup, cfg).await?;

@@ -44,7 +44,8 @@ pub use headers::{
 /// Broker settings, taken from [`Config`].
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
-    pub url: String,
+    /// The nodes' URLs (with the program's credentials): one is used at a time.
+    pub urls: Vec<String>,
     pub names: Names,
     pub prefetch: u16,
     pub message_ttl_ms: u32,
@@ -68,10 +69,14 @@ impl BrokerConfig {
         let own_user = cfg.amqp_password(program);
         BrokerConfig {
             topology,
-            url: match &own_user {
-                Some(password) => with_credentials(&cfg.amqp_url, &names.user(program), password),
-                None => cfg.amqp_url.clone(),
-            },
+            urls: cfg
+                .amqp_urls()
+                .iter()
+                .map(|url| match &own_user {
+                    Some(password) => with_credentials(url, &names.user(program), password),
+                    None => url.clone(),
+                })
+                .collect(),
             declare_only: own_user.map(|_| program.to_string()),
             names,
             prefetch: cfg.prefetch,
@@ -86,7 +91,7 @@ impl BrokerConfig {
     /// For `shop migrate`: as `SHOP_AMQP_URL`'s (administrator's) user, declaring everything.
     pub fn for_setup(cfg: &Config, topology: Topology) -> Self {
         BrokerConfig {
-            url: cfg.amqp_url.clone(),
+            urls: cfg.amqp_urls(),
             declare_only: None,
             ..Self::from_config(cfg, "shop-setup", topology)
         }

@@ -177,10 +177,10 @@ async fn each_program_consumes_only_its_own_queues() {
 
     let payments = BrokerConfig::from_config(&shop.config, "payments", shop::topology());
     assert!(
-        payments.url.contains("shop-"),
+        payments.urls[0].contains("shop-"),
         "payments connects as its own user"
     );
-    let conn = lapin::Connection::connect(&payments.url, Default::default())
+    let conn = lapin::Connection::connect(&payments.urls[0], Default::default())
         .await
         .unwrap();
     let names = Names::new(&shop.config.namespace);
