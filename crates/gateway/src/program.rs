@@ -15,6 +15,7 @@ use shop_platform::{
     service::{Context, Identify, Parts, Program},
     session::SessionSettings,
     topology::Identity,
+    upstream::Instances,
 };
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -115,12 +116,22 @@ impl Program for Gateway {
         let checks: Vec<Arc<dyn Check>> = ctx
             .fleet
             .others(IDENTITY.name)
-            .map(|(name, url)| {
+            .map(|instances| {
                 Arc::new(UpstreamCheck {
-                    name,
-                    url: format!("{url}/health/ready"),
+                    instances: instances.clone(),
                     http: http.clone(),
                 }) as Arc<dyn Check>
+            })
+            .collect();
+        // A service with several instances: each one's readiness, watched, decides whether
+        // requests go to it.
+        let tasks = ctx
+            .fleet
+            .others(IDENTITY.name)
+            .filter(|i| i.len() > 1)
+            .map(|i| {
+                let (i, http, stop) = (i.clone(), http.clone(), ctx.stop.clone());
+                tokio::spawn(async move { i.watch(http, WATCH_EVERY, stop).await })
             })
             .collect();
         let admin =
@@ -130,6 +141,7 @@ impl Program for Gateway {
         Ok(Parts {
             router,
             checks,
+            tasks,
             admin: Some(admin),
             ..Default::default()
         })
@@ -143,21 +155,38 @@ impl Identify for Gateway {
 }
 
 /// A service's own readiness, as part of the gateway's.
+/// How often the readiness of each instance of a service with several is asked.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// A service is ready when one of its instances is.
 struct UpstreamCheck {
-    name: &'static str,
-    url: String,
+    instances: Arc<Instances>,
     http: reqwest::Client,
 }
 
 #[async_trait]
 impl Check for UpstreamCheck {
     fn name(&self) -> String {
-        self.name.to_string()
+        self.instances.program().to_string()
     }
     async fn check(&self) -> Result<Map<String, Value>, String> {
+        let mut errors = Vec::new();
+        for url in self.instances.urls() {
+            match self.check_one(url).await {
+                Ok(details) => return Ok(details),
+                Err(e) if self.instances.len() > 1 => errors.push(format!("{url}: {e}")),
+                Err(e) => errors.push(e),
+            }
+        }
+        Err(errors.join("; "))
+    }
+}
+
+impl UpstreamCheck {
+    async fn check_one(&self, url: &str) -> Result<Map<String, Value>, String> {
         let resp = self
             .http
-            .get(&self.url)
+            .get(format!("{url}/health/ready"))
             .timeout(Duration::from_secs(3))
             .send()
             .await

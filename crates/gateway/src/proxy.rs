@@ -222,18 +222,15 @@ async fn forward(gw: &Gateway, peer: SocketAddr, req: Request) -> Result<Respons
         ));
     }
 
-    let url = format!(
-        "{}{}",
-        gw.fleet.url(route.service).map_err(|e| {
-            warn!(error = %e, "no URL for a routed service");
-            ApiError::Unavailable(format!("{} is unavailable", route.service))
-        })?,
-        parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-    );
+    let instances = gw.fleet.instances(route.service).map_err(|e| {
+        warn!(error = %e, "no URL for a routed service");
+        ApiError::Unavailable(format!("{} is unavailable", route.service))
+    })?;
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
     let client = if route.is_stream {
         &gw.streams
     } else {
@@ -241,17 +238,6 @@ async fn forward(gw: &Gateway, peer: SocketAddr, req: Request) -> Result<Respons
     };
     let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes())
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let mut out = client.request(method, url);
-    for name in FORWARDED_REQUEST {
-        if let Some(v) = parts.headers.get(*name) {
-            out = out.header(*name, v.as_bytes());
-        }
-    }
-    if route.service == USERS
-        && let Some(v) = parts.headers.get(header::AUTHORIZATION)
-    {
-        out = out.header(header::AUTHORIZATION.as_str(), v.as_bytes());
-    }
     // Every forwarded request carries the gateway's assertion: the user's identity when there
     // is one, else the gateway's own; both with the client's address.
     let request_id = parts
@@ -274,18 +260,40 @@ async fn forward(gw: &Gateway, peer: SocketAddr, req: Request) -> Result<Respons
             (gateway, None)
         }
     };
-    let token = gw.keys.sign(
-        subject,
-        route.service,
-        request_id,
-        session_id,
-        Some(client_ip),
-    );
-    out = out.header(assertion::HEADER, token);
-    if !bytes.is_empty() {
-        out = out.body(bytes);
-    }
-    let sent = telemetry::send(out, parts.method.as_str(), route.service).await;
+    // The request as sent to one instance (built again for the next when a connection to
+    // one failed: see `upstream`), each time with an assertion of its own (an assertion is
+    // good for one use, and the failed attempt may have used it).
+    let build = |base: &str| {
+        let token = gw.keys.sign(
+            subject.clone(),
+            route.service,
+            request_id.clone(),
+            session_id.clone(),
+            Some(client_ip),
+        );
+        let mut out = client.request(method.clone(), format!("{base}{path}"));
+        for name in FORWARDED_REQUEST {
+            if let Some(v) = parts.headers.get(*name) {
+                out = out.header(*name, v.as_bytes());
+            }
+        }
+        if route.service == USERS
+            && let Some(v) = parts.headers.get(header::AUTHORIZATION)
+        {
+            out = out.header(header::AUTHORIZATION.as_str(), v.as_bytes());
+        }
+        out = out.header(assertion::HEADER, token.as_str());
+        if !bytes.is_empty() {
+            out = out.body(bytes.clone());
+        }
+        out
+    };
+    // Safe to send again after a failed connection: nothing it does happens twice.
+    let idempotent = matches!(parts.method, Method::GET | Method::HEAD)
+        || parts.headers.contains_key("idempotency-key");
+    let sent = instances
+        .send(parts.method.as_str(), idempotent, build)
+        .await;
     let upstream = sent.map_err(|e| {
         warn!(service = route.service, error = %e, "service unreachable");
         ApiError::Unavailable(format!(

@@ -21,7 +21,6 @@ use shop_platform::{
     events::OrderLine,
     http::{ApiError, ApiJson, Caller},
     outbox::Waker,
-    telemetry,
 };
 use sqlx::PgPool;
 use tokio::sync::broadcast;
@@ -42,7 +41,8 @@ pub const MAX_TOTAL_CENTS: i64 = 100_000_000;
 pub struct AppState {
     pub pool: PgPool,
     pub http: reqwest::Client,
-    pub products_url: String,
+    /// Where prices come from: the products service's instances.
+    pub products: Arc<shop_platform::upstream::Instances>,
     /// Signs the service assertion of orders' calls to products.
     pub keys: Keys,
     pub deadline: Duration,
@@ -125,23 +125,26 @@ async fn price(
         .join(",");
     let unavailable =
         |_| ApiError::Unavailable("the products service is unavailable, try again".into());
-    let request = state
-        .http
-        .get(format!("{}/internal/products", state.products_url))
-        .header(
-            assertion::HEADER,
-            state.keys.sign(
-                Subject::Service {
-                    name: crate::program::IDENTITY.name.into(),
-                },
-                crate::program::PRICES_FROM,
-                None,
-                None,
-                None,
-            ),
-        )
-        .query(&[("ids", list)]);
-    let resp = telemetry::send(request, "GET", crate::program::PRICES_FROM)
+    // An assertion per attempt: one is good for one use.
+    let request = |base: &str| {
+        let assertion = state.keys.sign(
+            Subject::Service {
+                name: crate::program::IDENTITY.name.into(),
+            },
+            crate::program::PRICES_FROM,
+            None,
+            None,
+            None,
+        );
+        state
+            .http
+            .get(format!("{base}/internal/products"))
+            .header(assertion::HEADER, assertion.as_str())
+            .query(&[("ids", list.as_str())])
+    };
+    let resp = state
+        .products
+        .send("GET", true, request)
         .await
         .map_err(unavailable)?;
     if !resp.status().is_success() {

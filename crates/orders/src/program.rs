@@ -48,10 +48,12 @@ impl Program for Orders {
             .pool_max_idle_per_host(32)
             .pool_idle_timeout(ctx.config.client_idle_timeout())
             .build()?;
+        let client_for_watch = client.clone();
+        let products = ctx.fleet.instances(PRICES_FROM)?.clone();
         let state = http::AppState {
             pool: pool.clone(),
             http: client,
-            products_url: ctx.fleet.url(PRICES_FROM)?.to_string(),
+            products: products.clone(),
             keys: ctx.config.assertion_keys()?,
             deadline,
             changes: changes.clone(),
@@ -60,7 +62,7 @@ impl Program for Orders {
         // Status changes reach this instance's event streams from the handler and the
         // deadline scanner after each commit; a change made by another instance is seen at
         // the stream's periodic re-check.
-        let tasks = vec![tokio::spawn(handlers::run_deadlines(
+        let mut tasks = vec![tokio::spawn(handlers::run_deadlines(
             pool,
             deadline,
             ctx.outbox.clone(),
@@ -68,6 +70,13 @@ impl Program for Orders {
             ctx.metrics.clone(),
             ctx.stop.clone(),
         ))];
+        // Several products instances: their readiness decides which get the price requests.
+        if products.len() > 1 {
+            let (http, stop) = (client_for_watch, ctx.stop.clone());
+            tasks.push(tokio::spawn(async move {
+                products.watch(http, Duration::from_secs(1), stop).await
+            }));
+        }
         Ok(Parts {
             router: http::router(state),
             handler: Some(handlers::handler(deadline, changes, ctx.metrics.clone())),

@@ -91,7 +91,9 @@ pub struct Config {
 
     /// Per-service base URLs overriding host and port, e.g.
     /// `orders=http://shop-orders:8084,products=http://shop-products:8082` (one host per service,
-    /// as in Kubernetes or Compose).
+    /// as in Kubernetes or Compose). A name given more than once is several instances:
+    /// `orders=http://a:8084,orders=http://b:9084`; callers spread their requests over them and
+    /// skip one that refuses connections or is not ready.
     #[arg(long, env = "SHOP_SERVICE_URLS", value_delimiter = ',', global = true)]
     pub service_urls: Vec<String>,
 
@@ -266,15 +268,20 @@ impl Config {
             .collect()
     }
 
-    /// Base URL at which `program` is reached on `port`: its entry in SHOP_SERVICE_URLS,
-    /// or SHOP_SERVICES_HOST and the port.
-    pub fn service_url(&self, program: &str, port: u16) -> String {
-        self.service_urls
+    /// Base URLs at which `program` is reached on `port`: its entries in SHOP_SERVICE_URLS
+    /// (one per instance: a name may be repeated), or SHOP_SERVICES_HOST and the port.
+    pub fn service_urls_of(&self, program: &str, port: u16) -> Vec<String> {
+        let listed: Vec<String> = self
+            .service_urls
             .iter()
             .filter_map(|kv| kv.split_once('='))
-            .find(|(name, _)| name.trim() == program)
+            .filter(|(name, _)| name.trim() == program)
             .map(|(_, url)| url.trim().trim_end_matches('/').to_string())
-            .unwrap_or_else(|| format!("http://{}:{port}", self.services_host))
+            .collect();
+        match listed.is_empty() {
+            true => vec![format!("http://{}:{port}", self.services_host)],
+            false => listed,
+        }
     }
 
     /// A Redis key with this shop's namespace: `<namespace>:<key>`, or `key` without one.
@@ -334,7 +341,7 @@ mod tests {
         assert_eq!(c.message_ttl_ms, 60_000);
         assert_eq!(c.retry_delays_ms, vec![1000, 5000, 30000]);
         assert_eq!(c.cache_redis_url(), "redis://127.0.0.1:6379");
-        assert_eq!(c.service_url("orders", 8084), "http://127.0.0.1:8084");
+        assert_eq!(c.service_urls_of("orders", 8084), ["http://127.0.0.1:8084"]);
     }
 
     #[test]
@@ -349,8 +356,17 @@ mod tests {
     fn service_urls_override_host_and_port() {
         let mut c = Config::defaults();
         c.service_urls = vec!["orders=http://shop-orders:9000/".into()];
-        assert_eq!(c.service_url("orders", 8084), "http://shop-orders:9000");
-        assert_eq!(c.service_url("users", 8081), "http://127.0.0.1:8081");
+        assert_eq!(
+            c.service_urls_of("orders", 8084),
+            ["http://shop-orders:9000"]
+        );
+        assert_eq!(c.service_urls_of("users", 8081), ["http://127.0.0.1:8081"]);
+        // A repeated name is another instance.
+        c.service_urls.push("orders=http://b:9084".into());
+        assert_eq!(
+            c.service_urls_of("orders", 8084),
+            ["http://shop-orders:9000", "http://b:9084"]
+        );
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod topology;
+pub mod upstream;
 pub mod validation;
 
 pub use envelope::{Envelope, Event};

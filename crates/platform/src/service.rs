@@ -33,43 +33,62 @@ use crate::{
     outbox::{self, Relay},
     redis_util::{self, RedisConn},
     topology::{Identity, Topology},
+    upstream::Instances,
 };
 
 /// What a program knows of the whole shop: every program's identity (from which the
-/// broker topology derives) and where each program's HTTP is reached. Built once, by the
-/// `shop` crate, from its list of programs.
+/// broker topology derives) and where each program's HTTP is reached (one or several
+/// instances, [`Instances`]). Built once, by the `shop` crate, from its list of programs.
 #[derive(Clone, Debug)]
 pub struct Fleet {
     pub topology: Topology,
-    urls: Arc<[(&'static str, String)]>,
+    programs: Arc<[(&'static str, Arc<Instances>)]>,
 }
 
 impl Fleet {
+    /// `urls`: each program's base URL; a program named more than once has that many
+    /// instances.
     pub fn new(topology: Topology, urls: impl IntoIterator<Item = (&'static str, String)>) -> Self {
+        let mut grouped: Vec<(&'static str, Vec<String>)> = Vec::new();
+        for (name, url) in urls {
+            match grouped.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, list)) => list.push(url),
+                None => grouped.push((name, vec![url])),
+            }
+        }
         Fleet {
             topology,
-            urls: urls.into_iter().collect(),
+            programs: grouped
+                .into_iter()
+                .map(|(name, urls)| (name, Arc::new(Instances::new(name, urls))))
+                .collect(),
         }
     }
 
-    /// Base URL of a program's HTTP.
+    /// Base URL of a program's HTTP (its first instance's).
     pub fn url(&self, program: &str) -> anyhow::Result<&str> {
-        self.urls
+        Ok(self
+            .instances(program)?
+            .urls()
+            .next()
+            .expect("a program has at least one instance"))
+    }
+
+    /// A program's instances, shared by everything in this program that calls it.
+    pub fn instances(&self, program: &str) -> anyhow::Result<&Arc<Instances>> {
+        self.programs
             .iter()
             .find(|(name, _)| *name == program)
-            .map(|(_, url)| url.as_str())
+            .map(|(_, i)| i)
             .with_context(|| format!("no program called {program} in this shop"))
     }
 
-    /// Every program's name and URL, but `except`'s.
-    pub fn others<'a>(
-        &'a self,
-        except: &'a str,
-    ) -> impl Iterator<Item = (&'static str, &'a str)> + 'a {
-        self.urls
+    /// Every program's instances, but `except`'s.
+    pub fn others<'a>(&'a self, except: &'a str) -> impl Iterator<Item = &'a Arc<Instances>> + 'a {
+        self.programs
             .iter()
             .filter(move |(name, _)| *name != except)
-            .map(|(name, url)| (*name, url.as_str()))
+            .map(|(_, i)| i)
     }
 }
 

@@ -207,10 +207,15 @@ pub fn asyncapi() -> serde_json::Value {
     shop_platform::asyncapi::document(PROGRAMS.iter().map(|e| e.identity))
 }
 
-/// The whole shop as each program sees it: the topology, and each program's URL (from
-/// SHOP_SERVICE_URLS, or SHOP_SERVICES_HOST and the program's port).
+/// The whole shop as each program sees it: the topology, and each program's URLs (from
+/// SHOP_SERVICE_URLS, one per instance, or SHOP_SERVICES_HOST and the program's port).
 pub fn fleet(config: &Config, settings: &Settings) -> Fleet {
-    let urls = names().map(|name| (name, config.service_url(name, settings.ports.of(name))));
+    let urls = names().flat_map(|name| {
+        config
+            .service_urls_of(name, settings.ports.of(name))
+            .into_iter()
+            .map(move |url| (name, url))
+    });
     Fleet::new(topology(), urls)
 }
 

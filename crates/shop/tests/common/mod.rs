@@ -203,8 +203,9 @@ impl Cluster {
         self.spawn_command(program, &["run", program], extra);
     }
 
-    /// Starts `shop <args>` as the child called `name`, logging to `<name>.log`.
-    fn spawn_command(&mut self, program: &'static str, args: &[&str], extra: &[(&str, &str)]) {
+    /// Starts `shop <args>` as the child called `program` (a second instance, say),
+    /// logging to `<program>.log`.
+    pub fn spawn_command(&mut self, program: &'static str, args: &[&str], extra: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

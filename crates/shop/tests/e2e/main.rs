@@ -6,6 +6,7 @@ mod api;
 #[path = "../common/mod.rs"]
 mod cluster;
 mod drain;
+mod instances;
 mod limits;
 mod local;
 mod mail;
