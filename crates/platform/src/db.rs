@@ -311,14 +311,25 @@ async fn create_platform_tables(
                 ALTER TABLE {schema}.outbox ADD COLUMN trace_context TEXT;
             END IF;
         END $$;
-        CREATE INDEX IF NOT EXISTS outbox_unsent ON {schema}.outbox (id) WHERE sent_at IS NULL;
-        CREATE INDEX IF NOT EXISTS outbox_sent_at ON {schema}.outbox (sent_at) WHERE sent_at IS NOT NULL;
         CREATE TABLE IF NOT EXISTS {schema}.inbox (
             event_id UUID PRIMARY KEY,
             event_type TEXT NOT NULL,
             processed_at TIMESTAMPTZ NOT NULL DEFAULT now()
         );
-        CREATE INDEX IF NOT EXISTS inbox_processed_at ON {schema}.inbox (processed_at);
+        -- Checked first: CREATE INDEX IF NOT EXISTS takes its table's SHARE lock even when
+        -- the index exists, and one instance starting while another writes deadlocked here
+        -- (outbox locked by this, inbox by a handler that then wanted the outbox).
+        DO $$ BEGIN
+            IF to_regclass('{schema}.outbox_unsent') IS NULL THEN
+                CREATE INDEX outbox_unsent ON {schema}.outbox (id) WHERE sent_at IS NULL;
+            END IF;
+            IF to_regclass('{schema}.outbox_sent_at') IS NULL THEN
+                CREATE INDEX outbox_sent_at ON {schema}.outbox (sent_at) WHERE sent_at IS NOT NULL;
+            END IF;
+            IF to_regclass('{schema}.inbox_processed_at') IS NULL THEN
+                CREATE INDEX inbox_processed_at ON {schema}.inbox (processed_at);
+            END IF;
+        END $$;
         -- Relays are woken in-process now (see outbox.rs): a NOTIFY per insert serialised
         -- every commit in the cluster. Removed from databases made by older versions.
         -- (Checked first: DROP TRIGGER locks the table even when there is nothing to drop.)

@@ -250,7 +250,8 @@ pub async fn delete_redis_keys(config: &Config) {
 /// Deletes every queue and the exchange of a namespace.
 pub async fn delete_topology(config: &Config, topology: &Topology) {
     use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-    let Ok(conn) = lapin::Connection::connect(&config.amqp_url, Default::default()).await else {
+    let first = config.amqp_urls().into_iter().next().unwrap_or_default();
+    let Ok(conn) = lapin::Connection::connect(&first, Default::default()).await else {
         return;
     };
     let Ok(ch) = conn.create_channel().await else {

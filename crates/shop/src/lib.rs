@@ -249,7 +249,9 @@ pub async fn setup_broker_users(config: &Config) -> anyhow::Result<()> {
     );
     let _ = base.set_username("");
     let _ = base.set_password(None);
-    let amqp = url::Url::parse(&config.amqp_url).context("SHOP_AMQP_URL is not a URL")?;
+    // The vhost is the same on every node of a cluster: the first URL names it.
+    let first = config.amqp_urls().into_iter().next().unwrap_or_default();
+    let amqp = url::Url::parse(&first).context("SHOP_AMQP_URL is not a URL")?;
     let vhost = match amqp.path().trim_start_matches('/') {
         "" => "/".to_string(),
         v => percent_encoding::percent_decode_str(v)

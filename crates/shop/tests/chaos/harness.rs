@@ -121,8 +121,13 @@ impl Chaos {
     /// Private servers, the seven programs (with `extra` environment), a catalogue and the
     /// shoppers.
     pub async fn start(name: &str, extra: &[(&str, &str)]) -> Chaos {
+        Chaos::start_on(name, extra, 1).await
+    }
+
+    /// Like [`Chaos::start`], on a RabbitMQ cluster of `nodes` nodes.
+    pub async fn start_on(name: &str, extra: &[(&str, &str)], nodes: usize) -> Chaos {
         let began = Instant::now();
-        let servers = Servers::start().await;
+        let servers = Servers::start_with(nodes).await;
         let mut env: Vec<(String, String)> = servers.env();
         env.push(("SHOP_SAGA_DEADLINE_MS".into(), SAGA_DEADLINE_MS.into()));
         // Least privilege in the broker too: each program as its own user.

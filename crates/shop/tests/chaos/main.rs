@@ -4,8 +4,10 @@
 //! violated invariant, no unexplained dead letter, no stuck or lost order.
 //!
 //! By default only a representative subset runs (broker killed, a crash point, the poison
-//! burst, the mail server stopped, notifications crashed between sending and marking, and
-//! the check that each program's broker user reaches only its own queues): the
+//! burst, the mail server stopped, notifications crashed between sending and marking, the
+//! check that each program's broker user reaches only its own queues, and a 3-node RabbitMQ
+//! cluster with quorum queues losing a node while two instances of each saga service restart
+//! in turn): the
 //! others are `#[ignore = "full suite: scripts/chaos"]`, so a report counts them
 //! as ignored, never as passed. `scripts/chaos` runs them all:
 //!
@@ -19,6 +21,7 @@
 mod broker;
 #[path = "../common/mod.rs"]
 mod cluster;
+mod cluster_faults;
 mod harness;
 mod load;
 mod mail;

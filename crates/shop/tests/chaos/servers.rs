@@ -40,6 +40,8 @@ fn sweep_abandoned() {
         }
         for pid_file in [
             "rabbitmq/rabbitmq.pid",
+            "rabbitmq-1/rabbitmq.pid",
+            "rabbitmq-2/rabbitmq.pid",
             "postgres/data/postmaster.pid",
             "redis/redis.pid",
         ] {
@@ -68,7 +70,10 @@ fn ports<const N: usize>() -> [u16; N] {
 /// The three servers of one scenario.
 pub struct Servers {
     pub root: PathBuf,
+    /// The (first) RabbitMQ node.
     pub rabbit: Rabbit,
+    /// The other nodes of a RabbitMQ cluster (none for a single node).
+    pub more_rabbits: Vec<Rabbit>,
     pub postgres: Postgres,
     pub redis: Redis,
 }
@@ -76,6 +81,13 @@ pub struct Servers {
 impl Servers {
     /// Starts all three (concurrently) on free ports.
     pub async fn start() -> Servers {
+        Servers::start_with(1).await
+    }
+
+    /// Like [`Servers::start`], with a RabbitMQ cluster of `nodes` nodes (own names, ports
+    /// and data directories; the others joined to the first with `rabbitmqctl
+    /// join_cluster`).
+    pub async fn start_with(nodes: usize) -> Servers {
         sweep_abandoned();
         let id = Uuid::new_v4().simple().to_string();
         let root = std::env::temp_dir().join(format!("{DIR_PREFIX}{}", &id[..12]));
@@ -89,6 +101,19 @@ impl Servers {
             root.display()
         );
         let [amqp, dist, management, pg, redis] = ports();
+        let more_rabbits = (1..nodes)
+            .map(|n| {
+                let [amqp, dist, management] = ports();
+                Rabbit::new(
+                    root.join(format!("rabbitmq-{n}")),
+                    format!("chaos{}n{n}@localhost", &id[..10]),
+                    amqp,
+                    dist,
+                    management,
+                )
+                .expect("RabbitMQ's files")
+            })
+            .collect();
         let servers = Servers {
             rabbit: Rabbit::new(
                 root.join("rabbitmq"),
@@ -98,6 +123,7 @@ impl Servers {
                 management,
             )
             .expect("RabbitMQ's files"),
+            more_rabbits,
             postgres: Postgres::new(root.join("postgres"), pg).expect("PostgreSQL's directory"),
             redis: Redis::new(root.join("redis"), redis, false).expect("Redis's directory"),
             root,
@@ -113,13 +139,39 @@ impl Servers {
         r.expect("private RabbitMQ");
         p.expect("private PostgreSQL");
         d.expect("private Redis");
+        let started =
+            futures::future::join_all(servers.more_rabbits.iter().map(|n| n.start())).await;
+        for (n, r) in servers.more_rabbits.iter().zip(started) {
+            r.unwrap_or_else(|e| panic!("RabbitMQ node {}: {e:#}", n.node));
+            for args in [
+                &["stop_app"][..],
+                &["join_cluster", servers.rabbit.node.as_str()],
+                &["start_app"],
+                &["await_startup", "--timeout", "60"],
+            ] {
+                n.ctl(args)
+                    .await
+                    .unwrap_or_else(|e| panic!("{} {args:?}: {e:#}", n.node));
+            }
+        }
         servers
+    }
+
+    /// Every RabbitMQ node, the first one first.
+    pub fn rabbits(&self) -> impl Iterator<Item = &Rabbit> {
+        std::iter::once(&self.rabbit).chain(&self.more_rabbits)
     }
 
     /// The environment that points the programs at these servers.
     pub fn env(&self) -> Vec<(String, String)> {
         vec![
-            ("SHOP_AMQP_URL".into(), self.rabbit.url()),
+            (
+                "SHOP_AMQP_URL".into(),
+                self.rabbits()
+                    .map(Rabbit::url)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
             ("SHOP_AMQP_ADMIN_URL".into(), self.rabbit.management_url()),
             ("SHOP_REDIS_URL".into(), self.redis.url()),
             ("SHOP_DATABASE_URL".into(), self.postgres.url()),
@@ -129,15 +181,19 @@ impl Servers {
     /// Makes sure nothing is frozen, so that clients cleaning up get an answer or a refusal,
     /// never a hang.
     pub fn unfreeze(&self) {
-        self.rabbit.resume();
+        for r in self.rabbits() {
+            r.resume();
+        }
     }
 }
 
 impl Drop for Servers {
     fn drop(&mut self) {
-        if let Some(pid) = self.rabbit.pid() {
-            signal(pid, "CONT");
-            signal(pid, "KILL");
+        for r in std::iter::once(&self.rabbit).chain(&self.more_rabbits) {
+            if let Some(pid) = r.pid() {
+                signal(pid, "CONT");
+                signal(pid, "KILL");
+            }
         }
         self.postgres.stop_now();
         self.redis.kill();

@@ -162,6 +162,9 @@ impl Cluster {
                     config.retry_delays_ms = v.split(',').filter_map(|x| x.parse().ok()).collect()
                 }
                 "SHOP_MESSAGE_TTL_MS" => config.message_ttl_ms = v.parse().unwrap(),
+                "SHOP_QUEUE_TYPE" => {
+                    config.queue_type = clap::ValueEnum::from_str(v, true).expect("a queue type")
+                }
                 _ => {}
             }
         }
