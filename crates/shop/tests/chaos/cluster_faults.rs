@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use shop_platform::{metrics::sample_sum, testkit::eventually};
+use shop_platform::metrics::sample_sum;
 
 use crate::{
     cluster::free_port,
@@ -45,18 +45,6 @@ async fn handled(c: &Chaos, port: u16) -> f64 {
     sample_sum(&text, "shop_messages_consumed_total", &[])
 }
 
-async fn ready(c: &Chaos, port: u16) {
-    eventually("the instance is ready", Duration::from_secs(60), || async {
-        c.cluster
-            .http
-            .get(format!("http://127.0.0.1:{port}/health/ready"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rabbitmq_cluster_loses_a_node_and_every_saga_service_restarts_in_turn() {
     let turn = crate::turn().await;
@@ -79,7 +67,7 @@ async fn a_rabbitmq_cluster_loses_a_node_and_every_saga_service_restarts_in_turn
         ports.push((service, name, var, port));
     }
     for (_, _, _, port) in &ports {
-        ready(&c, port.parse().unwrap()).await;
+        c.cluster.wait_instance_ready(port.parse().unwrap()).await;
     }
     // The gateway knows both orders instances; orders drains for 2 s when stopped, so the
     // gateway leaves an instance before it stops taking requests.
@@ -90,7 +78,9 @@ async fn a_rabbitmq_cluster_loses_a_node_and_every_saga_service_restarts_in_turn
     );
     c.cluster.terminate("orders");
     c.cluster.spawn_with("orders", &[DRAIN]);
-    ready(&c, c.cluster.port("orders")).await;
+    c.cluster
+        .wait_instance_ready(c.cluster.port("orders"))
+        .await;
     c.cluster.terminate("gateway");
     c.cluster
         .spawn_with("gateway", &[("SHOP_SERVICE_URLS", orders_urls.as_str())]);
@@ -163,7 +153,7 @@ async fn a_rabbitmq_cluster_loses_a_node_and_every_saga_service_restarts_in_turn
                 true => c.cluster.port(service),
                 false => port.parse().unwrap(),
             };
-            ready(&c, port).await;
+            c.cluster.wait_instance_ready(port).await;
             c.accepted_more(
                 3,
                 Duration::from_secs(60),

@@ -312,6 +312,19 @@ impl Cluster {
         .await;
     }
 
+    /// Waits until the program instance on `port` (one the cluster did not start with, say)
+    /// answers its readiness with 2xx.
+    pub async fn wait_instance_ready(&self, port: u16) {
+        let (http, url) = (&self.http, format!("http://127.0.0.1:{port}/health/ready"));
+        eventually("the instance is ready", Duration::from_secs(60), || async {
+            http.get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+    }
+
     /// Every log line the programs wrote so far.
     pub fn logs(&self) -> String {
         let mut all = String::new();

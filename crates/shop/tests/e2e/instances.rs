@@ -35,22 +35,6 @@ async fn served(cluster: &Cluster, port: u16) -> f64 {
         .sum()
 }
 
-async fn ready(cluster: &Cluster, port: u16) {
-    shop_platform::testkit::eventually(
-        "the instance is ready",
-        Duration::from_secs(30),
-        || async {
-            cluster
-                .http
-                .get(format!("http://127.0.0.1:{port}/health/ready"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        },
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requests_spread_over_two_instances_and_survive_each_stopping() {
     let mut cluster = Cluster::start(&[]).await;
@@ -63,7 +47,7 @@ async fn requests_spread_over_two_instances_and_survive_each_stopping() {
         ("SHOP_DRAIN_SECS", "2"),
     ];
     cluster.spawn_command("orders-b", &["run", "orders"], &b_env);
-    ready(&cluster, b).await;
+    cluster.wait_instance_ready(b).await;
     let urls = format!("orders=http://127.0.0.1:{a},orders=http://127.0.0.1:{b}");
     cluster.terminate("gateway");
     cluster.spawn_with("gateway", &[("SHOP_SERVICE_URLS", urls.as_str())]);
@@ -152,12 +136,12 @@ async fn requests_spread_over_two_instances_and_survive_each_stopping() {
 
     // b is back; a is killed outright: its pooled connections die under the gateway.
     cluster.spawn_command("orders-b", &["run", "orders"], &b_env);
-    ready(&cluster, b).await;
+    cluster.wait_instance_ready(b).await;
     progress(20).await;
     cluster.kill("orders");
     progress(40).await;
     cluster.spawn("orders");
-    ready(&cluster, a).await;
+    cluster.wait_instance_ready(a).await;
     progress(20).await;
 
     stop.store(true, Ordering::Relaxed);
