@@ -497,6 +497,31 @@ pub struct Proxy {
 struct ProxyState {
     refuse: bool,
     conns: Vec<tokio::task::AbortHandle>,
+    /// While set, bytes are read and dropped in both directions (connections stay open).
+    blackhole: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Forwards `from` to `to` until either closes, dropping what arrives while `hole` is set.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    hole: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if hole.load(std::sync::atomic::Ordering::Relaxed) {
+            continue;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 impl Proxy {
@@ -508,7 +533,7 @@ impl Proxy {
         let st = state.clone();
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     return;
                 };
                 if st.lock().unwrap().refuse {
@@ -516,9 +541,15 @@ impl Proxy {
                     continue;
                 }
                 let target = target.clone();
+                let hole = st.lock().unwrap().blackhole.clone();
                 let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(&target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = TcpStream::connect(&target).await {
+                        let (in_read, in_write) = inbound.into_split();
+                        let (out_read, out_write) = outbound.into_split();
+                        tokio::join!(
+                            pump(in_read, out_write, hole.clone()),
+                            pump(out_read, in_write, hole),
+                        );
                     }
                 });
                 st.lock().unwrap().conns.push(task.abort_handle());
@@ -536,6 +567,16 @@ impl Proxy {
         for c in self.state.lock().unwrap().conns.drain(..) {
             c.abort();
         }
+    }
+
+    /// While `on`, every byte through the proxy (open connections and new ones) is dropped:
+    /// connections stay open and nothing answers, as over a link that silently drops packets.
+    pub fn blackhole(&self, on: bool) {
+        self.state
+            .lock()
+            .unwrap()
+            .blackhole
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Refuses (closes at once) new connections while `on`.

@@ -715,6 +715,57 @@ async fn a_program_moves_to_another_node_when_its_node_is_lost() {
     h.shutdown().await;
 }
 
+/// A link that silently drops everything (packets lost, connections left open): the
+/// supervisor's round trip notices within 15 s (readiness turns 503, publishing fails fast
+/// instead of hanging), and once the link heals everything resumes.
+#[tokio::test]
+async fn a_silent_broker_link_is_noticed_within_15_s_and_recovers() {
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
+    let mut h = Harness::new(|c| c.amqp_url = url).await;
+    h.start_consumer();
+    assert!(h.broker.wait_connected(WAIT).await);
+    let started = std::time::Instant::now();
+    proxy.blackhole(true);
+    let broker = h.broker.clone();
+    eventually(
+        "the silent link is noticed",
+        Duration::from_secs(15),
+        || async { !broker.is_connected() },
+    )
+    .await;
+    println!(
+        "a blackholed broker link noticed after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        h.broker.publish(&event()).await.is_err(),
+        "publishing fails fast while away"
+    );
+    proxy.blackhole(false);
+    assert!(
+        h.broker.wait_connected(WAIT).await,
+        "reconnected once healed"
+    );
+    let healed = std::time::Instant::now();
+    let e = event();
+    h.broker.publish(&e).await.unwrap();
+    let pool = h.env.pool.clone();
+    // The broker may still hand a delivery to the old, abandoned connection until it drops
+    // it for missing heartbeats (20 s): delayed, then redelivered, never lost.
+    eventually(
+        "handled after the heal",
+        Duration::from_secs(60),
+        || async { effects(&pool, e.id).await == 1 },
+    )
+    .await;
+    println!(
+        "handled {:.1} s after the heal",
+        healed.elapsed().as_secs_f64()
+    );
+    h.shutdown().await;
+}
+
 #[tokio::test]
 async fn no_node_answering_is_one_error_naming_each() {
     let (a, b) = (

@@ -108,8 +108,18 @@ impl Broker {
             if let Some(live) = self.current() {
                 let mut events = live.conn.events_listener();
                 let mut check = tokio::time::interval(Duration::from_millis(500));
+                let mut probe = tokio::time::interval(PROBE_EVERY);
                 loop {
                     tokio::select! {
+                        _ = probe.tick() => {
+                            // A link that drops packets leaves the connection "open" and
+                            // silent: a round trip that does not come back in time means it
+                            // is gone (TCP would take minutes to say so).
+                            if !probe_answers(&live.publish).await {
+                                warn!(timeout_ms = PROBE_TIMEOUT.as_millis() as u64, "RabbitMQ did not answer in time; reconnecting");
+                                break;
+                            }
+                        }
                         _ = self.closed.cancelled() => return,
                         _ = self.broken.notified() => break,
                         ev = events.next() => match ev {
@@ -165,6 +175,25 @@ impl Broker {
             }
         }
     }
+}
+
+/// How often the supervisor makes a round trip on its connection, and how long it waits
+/// for the answer: a silent link is noticed within their sum (10 s).
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether the broker answers a round trip on `channel` in time (a `basic.qos`: no effect on
+/// a channel that publishes only).
+async fn probe_answers(channel: &Channel) -> bool {
+    use lapin::options::BasicQosOptions;
+    matches!(
+        tokio::time::timeout(
+            PROBE_TIMEOUT,
+            channel.basic_qos(0, BasicQosOptions::default())
+        )
+        .await,
+        Ok(Ok(()))
+    )
 }
 
 /// Connects to one of the configured nodes, trying them in a shuffled order (so that the

@@ -112,7 +112,11 @@ impl Consumer {
                 }
                 continue;
             };
-            match self.clone().consume_on(&live, &stop, &inflight).await {
+            match self
+                .clone()
+                .consume_on(&live, &stop, &inflight, &mut rx)
+                .await
+            {
                 Ok(()) => break,
                 Err(e) => {
                     warn!(queue = %self.queue, error = %format!("{e:#}"), "consumer interrupted; resuming when the broker is back");
@@ -134,6 +138,7 @@ impl Consumer {
         live: &Live,
         stop: &CancellationToken,
         inflight: &TaskTracker,
+        connection: &mut tokio::sync::watch::Receiver<Option<Arc<Live>>>,
     ) -> anyhow::Result<()> {
         let ch = live.conn.create_channel().await?;
         ch.basic_qos(self.broker.cfg.prefetch, BasicQosOptions::default())
@@ -159,6 +164,9 @@ impl Consumer {
                     let _ = ch.close(200, "shutdown".into()).await;
                     return Ok(());
                 }
+                // The supervisor gave up this connection (a silent link, say, where no
+                // error ever reaches the stream): resume on the next one.
+                _ = connection.changed() => anyhow::bail!("the broker connection was replaced"),
                 item = stream.next() => match item {
                     Some(Ok(delivery)) => {
                         let me = self.clone();

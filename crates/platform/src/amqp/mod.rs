@@ -76,6 +76,7 @@ impl BrokerConfig {
                     Some(password) => with_credentials(url, &names.user(program), password),
                     None => url.clone(),
                 })
+                .map(with_heartbeat)
                 .collect(),
             declare_only: own_user.map(|_| program.to_string()),
             names,
@@ -91,7 +92,7 @@ impl BrokerConfig {
     /// For `shop migrate`: as `SHOP_AMQP_URL`'s (administrator's) user, declaring everything.
     pub fn for_setup(cfg: &Config, topology: Topology) -> Self {
         BrokerConfig {
-            urls: cfg.amqp_urls(),
+            urls: cfg.amqp_urls().into_iter().map(with_heartbeat).collect(),
             declare_only: None,
             ..Self::from_config(cfg, "shop-setup", topology)
         }
@@ -104,6 +105,25 @@ impl BrokerConfig {
             ..Self::from_config(cfg, tool, topology)
         }
     }
+}
+
+/// The AMQP heartbeat Shop asks for unless a URL sets its own (`?heartbeat=`): the broker
+/// drops a connection whose client went silent after two of them (20 s) and gives its
+/// unacknowledged deliveries to other consumers, instead of after its default 60 s.
+const HEARTBEAT_SECS: u16 = 10;
+
+/// `url` with `heartbeat` set, unless it has one.
+fn with_heartbeat(url: String) -> String {
+    let Ok(mut parsed) = url::Url::parse(&url) else {
+        return url;
+    };
+    if parsed.query_pairs().any(|(k, _)| k == "heartbeat") {
+        return url;
+    }
+    parsed
+        .query_pairs_mut()
+        .append_pair("heartbeat", &HEARTBEAT_SECS.to_string());
+    parsed.to_string()
 }
 
 /// `url` with its user and password replaced (percent-encoded as a URL needs).
