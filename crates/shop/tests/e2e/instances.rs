@@ -105,6 +105,7 @@ async fn requests_spread_over_two_instances_and_survive_each_stopping() {
                         failed.fetch_add(1, Ordering::Relaxed)
                     }
                 };
+                // Pacing of the client's loop (a steady load), not a wait for anything.
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })

@@ -91,33 +91,23 @@ impl<'a> Trace<'a> {
 
 /// Waits until the trace of `order` has spans from `services` programs.
 async fn wait_spans(receiver: &Receiver, order: &str, services: usize) {
-    let count = || {
+    let seen = || {
         let all = receiver.spans();
         let traces: BTreeSet<String> = all
             .iter()
             .filter(|s| s.attr("shop.order_id") == Some(order))
             .map(|s| s.trace_id.clone())
             .collect();
-        let seen: BTreeSet<String> = all
-            .iter()
+        all.iter()
             .filter(|s| traces.contains(&s.trace_id))
             .map(|s| s.service.clone())
-            .collect();
-        (traces, seen)
+            .collect::<BTreeSet<String>>()
     };
-    let until = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (traces, seen) = count();
-        if seen.len() >= services {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "order {order}: traces {traces:?} from {seen:?} after 20 s; {} spans received",
-            receiver.spans().len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let what = format!("the spans of order {order} from {services} programs");
+    shop_platform::testkit::eventually(&what, Duration::from_secs(20), || async {
+        seen().len() >= services
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
