@@ -220,9 +220,9 @@ async fn place(
         idempotency_fingerprint: fingerprint.clone(),
         deadline: state.deadline,
     };
-    if store::insert_order(&state.pool, &order).await? {
+    if let Some(placed) = store::insert_order(&state.pool, &order).await? {
         state.outbox.wake();
-        return accepted(&state, order.id).await;
+        return Ok(accepted_view(placed));
     }
     // The same key raced us: answer with the order that won, if it asked the same.
     let found = store::by_idempotency_key(
@@ -262,11 +262,17 @@ async fn accepted(state: &AppState, id: Uuid) -> Result<Response, ApiError> {
     let view = store::view(&state.pool, id, None)
         .await?
         .ok_or_else(|| ApiError::not_found("order"))?;
+    Ok(accepted_view(view))
+}
+
+/// 202 with the order and where to follow it.
+fn accepted_view(view: OrderView) -> Response {
+    let id = view.id;
     let mut resp = (StatusCode::ACCEPTED, Json(view)).into_response();
     if let Ok(v) = format!("/api/orders/{id}").parse() {
         resp.headers_mut().insert(axum::http::header::LOCATION, v);
     }
-    Ok(resp)
+    resp
 }
 
 fn owner_filter(caller: &Caller) -> Option<Uuid> {

@@ -47,15 +47,17 @@ pub struct NewOrder {
     pub deadline: std::time::Duration,
 }
 
-/// Stores the order, its first history entry and `order.created` in one transaction.
-/// Returns `false` if the user already has an order with that idempotency key.
-pub async fn insert_order(pool: &PgPool, o: &NewOrder) -> sqlx::Result<bool> {
+/// Stores the order, its first history entry and `order.created` in one transaction, and
+/// returns the order as it was placed (read before the commit: once committed, the saga may
+/// move it on before the caller is answered). `None` if the user already has an order with
+/// that idempotency key.
+pub async fn insert_order(pool: &PgPool, o: &NewOrder) -> sqlx::Result<Option<OrderView>> {
     // On the request's span: a search by order id finds the trace.
     telemetry::annotate(&tracing::Span::current(), "shop.order_id", o.id);
     telemetry::in_db_span(|| "place order".into(), insert(pool, o)).await
 }
 
-async fn insert(pool: &PgPool, o: &NewOrder) -> sqlx::Result<bool> {
+async fn insert(pool: &PgPool, o: &NewOrder) -> sqlx::Result<Option<OrderView>> {
     let mut tx = pool.begin().await?;
     let state = SagaState::new();
     let inserted = sqlx::query(
@@ -80,7 +82,7 @@ async fn insert(pool: &PgPool, o: &NewOrder) -> sqlx::Result<bool> {
         == 1;
     if !inserted {
         tx.rollback().await?;
-        return Ok(false);
+        return Ok(None);
     }
     for (i, l) in o.lines.iter().enumerate() {
         sqlx::query(
@@ -109,8 +111,9 @@ async fn insert(pool: &PgPool, o: &NewOrder) -> sqlx::Result<bool> {
         o.id,
     );
     outbox::enqueue(&mut tx, &event).await?;
+    let placed = view(&mut *tx, o.id, None).await?;
     tx.commit().await?;
-    Ok(true)
+    Ok(placed)
 }
 
 /// Records a status change. Live event streams of this instance are told after the commit
@@ -214,7 +217,11 @@ async fn lines(tx: &mut PgConnection, id: Uuid) -> sqlx::Result<Vec<OrderLine>> 
 
 /// The order as its owner sees it (None if it is not theirs or does not exist). One query:
 /// it is read after every placement and by every status poll.
-pub async fn view(pool: &PgPool, id: Uuid, owner: Option<Uuid>) -> sqlx::Result<Option<OrderView>> {
+pub async fn view(
+    db: impl sqlx::PgExecutor<'_>,
+    id: Uuid,
+    owner: Option<Uuid>,
+) -> sqlx::Result<Option<OrderView>> {
     let Some(r) = sqlx::query(
         "SELECT o.id, o.user_id, o.status, o.cancel_reason, o.total_cents, o.currency, o.created_at, o.updated_at,
              (SELECT coalesce(json_agg(json_build_object('product_id', i.product_id, 'quantity', i.quantity,
@@ -225,7 +232,7 @@ pub async fn view(pool: &PgPool, id: Uuid, owner: Option<Uuid>) -> sqlx::Result<
          FROM orders o WHERE o.id = $1",
     )
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await?
     else {
         return Ok(None);
