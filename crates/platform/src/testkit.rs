@@ -497,11 +497,13 @@ pub struct Proxy {
 struct ProxyState {
     refuse: bool,
     conns: Vec<tokio::task::AbortHandle>,
-    /// While set, bytes are read and dropped in both directions (connections stay open).
+    /// While set, nothing is forwarded in either direction (connections stay open).
     blackhole: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// Forwards `from` to `to` until either closes, dropping what arrives while `hole` is set.
+/// Forwards `from` to `to` until either closes, holding what arrives while `hole` is set
+/// until it is cleared: as over a link that drops every packet until it heals and TCP
+/// retransmits them then (a stream never loses bytes in its middle).
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
@@ -514,8 +516,8 @@ async fn pump(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if hole.load(std::sync::atomic::Ordering::Relaxed) {
-            continue;
+        while hole.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if to.write_all(&buf[..n]).await.is_err() {
             break;
@@ -569,8 +571,9 @@ impl Proxy {
         }
     }
 
-    /// While `on`, every byte through the proxy (open connections and new ones) is dropped:
-    /// connections stay open and nothing answers, as over a link that silently drops packets.
+    /// While `on`, no byte passes the proxy (open connections and new ones): connections
+    /// stay open and nothing answers, as over a link that silently drops packets. What was
+    /// sent meanwhile arrives once it is off, as TCP retransmits it after a partition heals.
     pub fn blackhole(&self, on: bool) {
         self.state
             .lock()

@@ -314,6 +314,22 @@ impl Rabbit {
         .await
     }
 
+    /// Joins this running node to `first`'s cluster (`stop_app`, `join_cluster`,
+    /// `start_app`) and waits until it runs again.
+    pub async fn join(&self, first: &Rabbit) -> anyhow::Result<()> {
+        for args in [
+            &["stop_app"][..],
+            &["join_cluster", first.node.as_str()],
+            &["start_app"],
+            &["await_startup", "--timeout", "60"],
+        ] {
+            self.ctl(args)
+                .await
+                .with_context(|| format!("joining {} to {}", self.node, first.node))?;
+        }
+        Ok(())
+    }
+
     /// Graceful stop of the whole node (`rabbitmqctl stop`).
     pub async fn stop(&self) -> anyhow::Result<()> {
         self.ctl(&["stop"]).await?;

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::{
     cluster::Cluster,
-    load::{Catalogue, Shopper, Tally, Trickle},
+    load::{Catalogue, Habits, Shopper, Tally, Trickle},
     report,
     servers::Servers,
 };
@@ -88,6 +88,10 @@ pub struct Chaos {
     pub servers: Servers,
     pub shoppers: Vec<Shopper>,
     pub catalogue: Catalogue,
+    /// The gateways the trickle spreads its shoppers over (the cluster's own at first).
+    pub gateways: Vec<String>,
+    /// How the trickle's shoppers behave.
+    pub habits: Habits,
     trickle: Option<Trickle>,
     tally: Option<Tally>,
     fault_at: Option<Instant>,
@@ -171,6 +175,8 @@ impl Chaos {
         );
         Chaos {
             name: name.to_string(),
+            gateways: vec![cluster.base.clone()],
+            habits: Habits::default(),
             cluster,
             servers,
             shoppers,
@@ -188,11 +194,12 @@ impl Chaos {
     pub async fn start_trickle(&mut self) {
         let seed = Uuid::new_v4().as_u128() as u64;
         self.trickle = Some(Trickle::start(
-            &self.cluster.base,
+            &self.gateways,
             &self.shoppers,
             &self.catalogue,
             PACE,
             seed,
+            self.habits.clone(),
         ));
         let url = self.cluster.config.database_url.clone();
         let trickle = self.trickle.as_ref().unwrap();
@@ -212,8 +219,39 @@ impl Chaos {
         self.trickle.as_ref().map_or(0, Trickle::accepted)
     }
 
+    /// How long until every order accepted so far is CONFIRMED or CANCELLED (`None`: not
+    /// within `deadline`); the trickle goes on meanwhile.
+    pub async fn settled_within(&self, deadline: Duration) -> Option<Duration> {
+        let ids = self.trickle.as_ref().map(Trickle::accepted_ids)?;
+        let (from, url) = (Instant::now(), &self.cluster.config.database_url);
+        loop {
+            if let Ok(mut db) = PgConnection::connect(url).await {
+                let open: Result<i64, _> = sqlx::query_scalar(
+                    "SELECT count(*) FROM orders.orders
+                     WHERE id = ANY($1) AND status NOT IN ('CONFIRMED', 'CANCELLED')",
+                )
+                .bind(&ids)
+                .fetch_one(&mut db)
+                .await;
+                let _ = db.close().await;
+                if matches!(open, Ok(0)) {
+                    return Some(from.elapsed());
+                }
+            }
+            if from.elapsed() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub fn refused(&self) -> u64 {
         self.trickle.as_ref().map_or(0, Trickle::refused)
+    }
+
+    /// 5xx answers the shoppers got so far (orders and browsing).
+    pub fn server_errors(&self) -> u64 {
+        self.trickle.as_ref().map_or(0, Trickle::server_errors)
     }
 
     /// Waits until `n` more orders are accepted (the trickle keeps going during the fault).
@@ -408,6 +446,18 @@ impl Chaos {
         }
         if tally.relogins > 0 {
             self.note(format!("{} shoppers logged in again", tally.relogins));
+        }
+        if tally.failovers > 0 {
+            self.note(format!(
+                "{} requests sent again to another gateway after no answer",
+                tally.failovers
+            ));
+        }
+        if !tally.browse_refused.is_empty() {
+            self.note(format!(
+                "browsing answers other than 2xx: {:?}",
+                tally.browse_refused
+            ));
         }
 
         // Settle: every program ready, and the audit clean (dead letters as expected).

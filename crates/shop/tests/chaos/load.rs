@@ -2,6 +2,12 @@
 //! pace (mostly `tok_visa`, some `tok_decline`, now and then a line of a scarce product), and
 //! keep going whatever the fault does. Every answer is recorded: accepted orders (202) by id,
 //! everything else by status, so a scenario can say what a client saw.
+//!
+//! With several gateways, each shopper has a home gateway and, like a client behind a load
+//! balancer, sends a request that got no answer at all (the gateway stopping, say) once more
+//! to the next gateway: safe, as every order carries an `Idempotency-Key`. A shopper may also
+//! browse between orders (its account, a product, its stock, its notifications), so that
+//! every service behind the gateways serves requests.
 
 use std::{
     collections::BTreeMap,
@@ -63,12 +69,33 @@ pub struct Tally {
     pub refused: BTreeMap<String, u64>,
     /// Logins after the session was lost.
     pub relogins: u64,
+    /// Requests sent again to another gateway after no answer from the first.
+    pub failovers: u64,
+    /// Browsing answers other than 2xx, by status (or `error`).
+    pub browse_refused: BTreeMap<String, u64>,
 }
 
 impl Tally {
     pub fn refused_total(&self) -> u64 {
         self.refused.values().sum()
     }
+
+    /// 5xx answers to orders and to browsing.
+    pub fn server_errors(&self) -> u64 {
+        self.refused
+            .iter()
+            .chain(&self.browse_refused)
+            .filter(|(status, _)| status.starts_with('5'))
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// How the trickle's shoppers behave.
+#[derive(Clone, Default)]
+pub struct Habits {
+    /// Browse (four GETs) after each order.
+    pub browse: bool,
 }
 
 /// A running trickle.
@@ -79,13 +106,15 @@ pub struct Trickle {
 }
 
 impl Trickle {
-    /// One worker per shopper, each placing an order every `pace`.
+    /// One worker per shopper, each placing an order every `pace` through its gateway (the
+    /// shoppers are spread over `gateways`).
     pub fn start(
-        base: &str,
+        gateways: &[String],
         shoppers: &[Shopper],
         catalogue: &Catalogue,
         pace: Duration,
         seed: u64,
+        habits: Habits,
     ) -> Trickle {
         let http = Client::builder()
             .timeout(Duration::from_secs(15))
@@ -98,9 +127,13 @@ impl Trickle {
             .iter()
             .enumerate()
             .map(|(i, shopper)| {
+                // Shopper i's home gateway first, then the others in turn.
+                let mut bases = gateways.to_vec();
+                bases.rotate_left(i % gateways.len());
                 let worker = Worker {
                     index: i,
-                    base: base.to_string(),
+                    bases,
+                    habits: habits.clone(),
                     http: http.clone(),
                     shopper: shopper.clone(),
                     catalogue: catalogue.clone(),
@@ -118,8 +151,19 @@ impl Trickle {
         self.tally.lock().unwrap().accepted.len()
     }
 
+    /// The ids of the orders accepted so far.
+    pub fn accepted_ids(&self) -> Vec<Uuid> {
+        let tally = self.tally.lock().unwrap();
+        tally.accepted.iter().map(|(id, _)| *id).collect()
+    }
+
     pub fn refused(&self) -> u64 {
         self.tally.lock().unwrap().refused_total()
+    }
+
+    /// 5xx answers so far (orders and browsing).
+    pub fn server_errors(&self) -> u64 {
+        self.tally.lock().unwrap().server_errors()
     }
 
     /// Stops placing orders; returns what was seen.
@@ -136,7 +180,9 @@ impl Trickle {
 
 struct Worker {
     index: usize,
-    base: String,
+    /// The home gateway first.
+    bases: Vec<String>,
+    habits: Habits,
     http: Client,
     shopper: Shopper,
     catalogue: Catalogue,
@@ -154,6 +200,9 @@ impl Worker {
         }
         while !stop.is_cancelled() {
             self.place_one().await;
+            if self.habits.browse {
+                self.browse().await;
+            }
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(pace) => {}
@@ -180,16 +229,37 @@ impl Worker {
         json!({"items": items, "payment_token": token})
     }
 
+    /// Sends the request built by `build` for a base URL to the home gateway and, if no
+    /// answer comes back at all, once to each other gateway in turn.
+    async fn send(
+        &self,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> reqwest::Result<reqwest::Response> {
+        let mut last = None;
+        for (i, base) in self.bases.iter().enumerate() {
+            if i > 0 {
+                self.tally.lock().unwrap().failovers += 1;
+            }
+            match build(base).send().await {
+                Ok(r) => return Ok(r),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("at least one gateway"))
+    }
+
     async fn place_one(&mut self) {
         let body = self.basket();
         let token = self.shopper.token.lock().unwrap().clone();
+        let key = Uuid::new_v4().to_string();
         let resp = self
-            .http
-            .post(format!("{}/api/orders", self.base))
-            .bearer_auth(&token)
-            .header("Idempotency-Key", Uuid::new_v4().to_string())
-            .json(&body)
-            .send()
+            .send(|base| {
+                self.http
+                    .post(format!("{base}/api/orders"))
+                    .bearer_auth(&token)
+                    .header("Idempotency-Key", &key)
+                    .json(&body)
+            })
             .await;
         let resp = match resp {
             Ok(r) => r,
@@ -217,12 +287,37 @@ impl Worker {
         *self.tally.lock().unwrap().refused.entry(what).or_default() += 1;
     }
 
+    /// The shopper's account, a product, its stock and the shopper's notifications.
+    async fn browse(&mut self) {
+        let token = self.shopper.token.lock().unwrap().clone();
+        let product =
+            self.catalogue.products[self.dice.below(self.catalogue.products.len() as u64) as usize];
+        for (route, path) in [
+            ("/api/me", "/api/me".to_string()),
+            ("/api/products/{id}", format!("/api/products/{product}")),
+            ("/api/inventory/{id}", format!("/api/inventory/{product}")),
+            ("/api/notifications", "/api/notifications".to_string()),
+        ] {
+            let resp = self
+                .send(|base| self.http.get(format!("{base}{path}")).bearer_auth(&token))
+                .await;
+            let what = match resp {
+                Ok(r) if r.status().is_success() => continue,
+                Ok(r) => r.status().as_u16().to_string(),
+                Err(_) => "error".into(),
+            };
+            let mut tally = self.tally.lock().unwrap();
+            *tally
+                .browse_refused
+                .entry(format!("{what} {route}"))
+                .or_default() += 1;
+        }
+    }
+
     async fn login_again(&self) {
+        let body = json!({"email": self.shopper.email, "password": self.shopper.password});
         let resp = self
-            .http
-            .post(format!("{}/api/auth/login", self.base))
-            .json(&json!({"email": self.shopper.email, "password": self.shopper.password}))
-            .send()
+            .send(|base| self.http.post(format!("{base}/api/auth/login")).json(&body))
             .await;
         if let Ok(r) = resp
             && r.status() == StatusCode::OK

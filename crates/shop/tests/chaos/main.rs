@@ -5,9 +5,9 @@
 //!
 //! By default only a representative subset runs (broker killed, a crash point, the poison
 //! burst, the mail server stopped, notifications crashed between sending and marking, the
-//! check that each program's broker user reaches only its own queues, and a 3-node RabbitMQ
+//! check that each program's broker user reaches only its own queues, a 3-node RabbitMQ
 //! cluster with quorum queues losing a node while two instances of each saga service restart
-//! in turn): the
+//! in turn, and the saga services' links to PostgreSQL blackholed for 30 s): the
 //! others are `#[ignore = "full suite: scripts/chaos"]`, so a report counts them
 //! as ignored, never as passed. `scripts/chaos` runs them all:
 //!
@@ -23,6 +23,7 @@ mod broker;
 mod cluster;
 mod cluster_faults;
 mod harness;
+mod links;
 mod load;
 mod mail;
 mod messages;

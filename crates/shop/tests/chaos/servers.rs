@@ -143,16 +143,9 @@ impl Servers {
             futures::future::join_all(servers.more_rabbits.iter().map(|n| n.start())).await;
         for (n, r) in servers.more_rabbits.iter().zip(started) {
             r.unwrap_or_else(|e| panic!("RabbitMQ node {}: {e:#}", n.node));
-            for args in [
-                &["stop_app"][..],
-                &["join_cluster", servers.rabbit.node.as_str()],
-                &["start_app"],
-                &["await_startup", "--timeout", "60"],
-            ] {
-                n.ctl(args)
-                    .await
-                    .unwrap_or_else(|e| panic!("{} {args:?}: {e:#}", n.node));
-            }
+            n.join(&servers.rabbit)
+                .await
+                .unwrap_or_else(|e| panic!("{e:#}"));
         }
         servers
     }

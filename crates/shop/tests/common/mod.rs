@@ -195,6 +195,12 @@ impl Cluster {
         }
     }
 
+    /// Sets a variable of the environment that every later spawn gets.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.into(), value.into()));
+    }
+
     /// Starts (or restarts) one program.
     pub fn spawn(&mut self, program: &'static str) {
         self.spawn_with(program, &[]);
