@@ -117,7 +117,7 @@ pub async fn connect_service(
     if config.db_password(schema).is_none() {
         return connect(&config.database_url, schema, max_connections).await;
     }
-    let opts = login(config, schema)?.options([("search_path", schema)]);
+    let opts = service_session(login(config, schema)?, schema);
     let role = opts.get_username().to_string();
     let pool = pool(opts, max_connections).await.with_context(|| {
         format!(
@@ -128,6 +128,17 @@ pub async fn connect_service(
         .await
         .with_context(|| format!("creating platform tables in schema {schema}"))?;
     Ok(pool)
+}
+
+/// The session settings of every service connection: its schema first on the search path,
+/// and a transaction whose client went silent (its host or link lost mid-transaction) ended
+/// by PostgreSQL after a minute, so that its row locks do not stall the other instances
+/// until TCP gives up on it (no handler keeps a transaction open and idle for that long).
+fn service_session(opts: PgConnectOptions, schema: &str) -> PgConnectOptions {
+    opts.options([
+        ("search_path", schema),
+        ("idle_in_transaction_session_timeout", "60s"),
+    ])
 }
 
 async fn pool(opts: PgConnectOptions, max_connections: u32) -> sqlx::Result<PgPool> {
@@ -259,12 +270,8 @@ fn literal(value: &str) -> String {
 /// (outbox, inbox).
 pub async fn connect(url: &str, schema: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     ensure_database(url).await?;
-    let opts = options(url)?.options([("search_path", schema)]);
-    let pool = PgPoolOptions::new()
-        .max_connections(max_connections)
-        .min_connections(1)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_with(opts)
+    let opts = service_session(options(url)?, schema);
+    let pool = pool(opts, max_connections)
         .await
         .with_context(|| format!("cannot connect to PostgreSQL at {}", redact_url(url)))?;
     create_platform_tables(&pool, schema, true)

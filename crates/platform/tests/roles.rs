@@ -35,6 +35,11 @@ async fn an_existing_schema_moves_to_its_service_role() {
     // Before: made by the administrator, as without SHOP_DB_PASSWORDS.
     for schema in ["alpha", "beta"] {
         let pool = db::connect(&config.database_url, schema, 1).await.unwrap();
+        let limit: String = sqlx::query_scalar("SHOW idle_in_transaction_session_timeout")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(limit, "1min", "a silent client's transaction ends");
         pool.execute(
             "CREATE TABLE things (id BIGSERIAL PRIMARY KEY, note TEXT);
              CREATE FUNCTION shout(t TEXT) RETURNS TEXT LANGUAGE sql AS 'SELECT upper(t)';",
@@ -50,6 +55,12 @@ async fn an_existing_schema_moves_to_its_service_role() {
     db::setup_roles(&config, &["alpha", "beta"]).await.unwrap();
 
     let alpha = db::connect_service(&config, "alpha", 1).await.unwrap();
+    // A transaction whose client goes silent is ended by the server, locks and all.
+    let limit: String = sqlx::query_scalar("SHOW idle_in_transaction_session_timeout")
+        .fetch_one(&alpha)
+        .await
+        .unwrap();
+    assert_eq!(limit, "1min");
     let id: i64 = sqlx::query_scalar("INSERT INTO things (note) VALUES (shout('a')) RETURNING id")
         .fetch_one(&alpha)
         .await

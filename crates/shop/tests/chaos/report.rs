@@ -81,14 +81,15 @@ pub fn append(o: &Outcome) {
              other answers while the fault lasted; *confirmed* / *cancelled*: every order in the \
              database at the end; *duplicates*: redeliveries suppressed by the inboxes \
              (`shop_messages_duplicate_total`, all programs); *settle*: seconds from the heal until \
-             the audit is clean (the trickle keeps ordering for a few seconds after the heal).\n\n\
-             | when (UTC) | scenario | outcome | fault (s) | accepted | refused | confirmed | cancelled | violations | dead letters | duplicates | settle (s) |\n\
-             |---|---|---|---|---|---|---|---|---|---|---|---|"
+             the audit is clean (the trickle keeps ordering for a few seconds after the heal); \
+             *notes*: the scenario's own figures (phases, detection times...).\n\n\
+             | when (UTC) | scenario | outcome | fault (s) | accepted | refused | confirmed | cancelled | violations | dead letters | duplicates | settle (s) | notes |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
     }
     let _ = writeln!(
         f,
-        "| {} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         chrono::Utc::now().format("%Y-%m-%d %H:%M:%S"),
         o.scenario,
         outcome(o),
@@ -109,5 +110,6 @@ pub fn append(o: &Outcome) {
         o.dead_letters,
         o.duplicates,
         settle(o),
+        o.notes.join("; ").replace('|', "/"),
     );
 }
