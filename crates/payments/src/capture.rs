@@ -1,10 +1,15 @@
 //! The capturer: settles payments whose (slow) provider answers after the handler returned.
-//! Each due payment is marked captured and its `payment.succeeded` enqueued in one
+//! Each due payment is marked captured and its `payment.succeeded` enqueued, or, when the
+//! provider's answer is a decline, marked declined and its `payment.failed` enqueued, in one
 //! transaction, continuing the saga of the request that started it.
 
 use std::time::Duration;
 
-use shop_platform::{Envelope, events::PaymentSucceeded, outbox};
+use shop_platform::{
+    Envelope,
+    events::{PaymentFailed, PaymentSucceeded},
+    outbox,
+};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -23,15 +28,28 @@ pub async fn capture_due(pool: &PgPool) -> anyhow::Result<usize> {
         let mut tx = pool.begin().await?;
         let due = store::lock_due(&mut tx, BATCH).await?;
         for p in &due {
-            store::mark_captured(&mut tx, p.id).await?;
-            let succeeded = PaymentSucceeded {
-                order_id: p.order_id,
-                payment_id: p.id,
-                amount_cents: p.amount_cents,
+            let event = match &p.decline_code {
+                Some(code) => {
+                    store::mark_declined(&mut tx, p.id, code).await?;
+                    info!(order_id = %p.order_id, payment_id = %p.id, code, "late payment declined");
+                    let failed = PaymentFailed {
+                        order_id: p.order_id,
+                        reason: code.clone(),
+                    };
+                    Envelope::new(p.order_id, &failed, p.correlation_id, p.request_event_id)
+                }
+                None => {
+                    store::mark_captured(&mut tx, p.id).await?;
+                    info!(order_id = %p.order_id, payment_id = %p.id, amount_cents = p.amount_cents, "late payment captured");
+                    let succeeded = PaymentSucceeded {
+                        order_id: p.order_id,
+                        payment_id: p.id,
+                        amount_cents: p.amount_cents,
+                    };
+                    Envelope::new(p.order_id, &succeeded, p.correlation_id, p.request_event_id)
+                }
             };
-            let event = Envelope::new(p.order_id, &succeeded, p.correlation_id, p.request_event_id);
             outbox::enqueue(&mut tx, &event).await?;
-            info!(order_id = %p.order_id, payment_id = %p.id, amount_cents = p.amount_cents, "late payment captured");
         }
         tx.commit().await?;
         total += due.len();

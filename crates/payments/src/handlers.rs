@@ -73,6 +73,10 @@ impl PaymentsHandler {
             amount_cents: req.amount_cents,
             currency: &req.currency,
             capture_in: (!inline).then_some(plan.delay),
+            will_decline: match plan.outcome {
+                ChargeOutcome::Declined { code } if !inline => Some(code),
+                _ => None,
+            },
             correlation_id: event.correlation_id,
             request_event_id: event.id,
         };

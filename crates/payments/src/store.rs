@@ -78,6 +78,9 @@ pub struct NewPayment<'a> {
     pub currency: &'a str,
     /// For a slow provider: how long until the capturer settles it (`None`: settled inline).
     pub capture_in: Option<Duration>,
+    /// For a slow provider: the decline it will answer, if it will decline (kept in
+    /// `decline_code` while the payment is pending; the capturer declines it when due).
+    pub will_decline: Option<&'a str>,
     pub correlation_id: Uuid,
     pub request_event_id: Uuid,
 }
@@ -88,8 +91,8 @@ pub struct NewPayment<'a> {
 pub async fn insert_pending(tx: &mut PgConnection, p: &NewPayment<'_>) -> sqlx::Result<bool> {
     let done = sqlx::query(
         "INSERT INTO payments (id, order_id, user_id, amount_cents, currency, status, capture_at,
-                               correlation_id, request_event_id)
-         VALUES ($1, $2, $3, $4, $5, 'pending', now() + $6::bigint * interval '1 millisecond', $7, $8)
+                               correlation_id, request_event_id, decline_code)
+         VALUES ($1, $2, $3, $4, $5, 'pending', now() + $6::bigint * interval '1 millisecond', $7, $8, $9)
          ON CONFLICT (order_id) DO NOTHING",
     )
     .bind(p.id)
@@ -100,6 +103,7 @@ pub async fn insert_pending(tx: &mut PgConnection, p: &NewPayment<'_>) -> sqlx::
     .bind(p.capture_in.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
     .bind(p.correlation_id)
     .bind(p.request_event_id)
+    .bind(p.will_decline)
     .execute(tx)
     .await?;
     Ok(done.rows_affected() == 1)

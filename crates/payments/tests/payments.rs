@@ -58,6 +58,34 @@ impl Svc {
         assert_eq!(report, [(order_id, status.to_string(), amount_cents)]);
     }
 
+    /// Waits for the order's one answer and checks it is the card's decline, as its payment.
+    async fn declined(&self, order_id: Uuid) {
+        let events = self.wait_emitted(order_id, 1).await;
+        assert_eq!(kinds(&events), ["payment.failed"]);
+        assert_eq!(
+            events[0].payload,
+            json!({"order_id": order_id, "reason": "card_declined"})
+        );
+        let payments = self.payments(order_id).await;
+        assert_eq!(payments.len(), 1);
+        assert_eq!(
+            (payments[0].1.as_str(), payments[0].2.as_deref()),
+            ("declined", Some("card_declined"))
+        );
+    }
+
+    /// Waits until the order's payment is pending, and checks nothing was answered yet.
+    async fn pending_unanswered(&self, order_id: Uuid) {
+        eventually("the payment is pending", WAIT, || async {
+            self.status(order_id).await.as_deref() == Some("pending")
+        })
+        .await;
+        assert!(
+            self.emitted(order_id).await.is_empty(),
+            "no answer before the provider's"
+        );
+    }
+
     async fn status(&self, order_id: Uuid) -> Option<String> {
         self.payments(order_id).await.first().map(|p| p.1.clone())
     }
@@ -150,18 +178,27 @@ async fn the_decline_token_is_declined() {
     let order = Uuid::now_v7();
     svc.publish(&requested(order, 999, "tok_decline")).await;
 
-    let events = svc.wait_emitted(order, 1).await;
-    assert_eq!(kinds(&events), ["payment.failed"]);
-    assert_eq!(
-        events[0].payload,
-        json!({"order_id": order, "reason": "card_declined"})
-    );
-    let payments = svc.payments(order).await;
-    assert_eq!(payments.len(), 1);
-    assert_eq!(
-        (payments[0].1.as_str(), payments[0].2.as_deref()),
-        ("declined", Some("card_declined"))
-    );
+    svc.declined(order).await;
+    svc.stop().await;
+}
+
+/// A provider slower than the handler waits for: the payment stays pending, and what the
+/// provider answers when it does is what the saga hears (a decline too, not a capture).
+#[tokio::test]
+async fn a_slow_provider_that_declines_declines() {
+    let mut settings: shop_payments::program::PaymentsSettings = shop_platform::config::defaults();
+    settings.payment_latency_ms = 1_500;
+    let payments = Payments {
+        settings,
+        saga_deadline: Duration::from_secs(30),
+    };
+    let svc = Svc(TestService::start(Arc::new(payments), |_| {}).await);
+    let order = Uuid::now_v7();
+    svc.publish(&requested(order, 999, "tok_decline")).await;
+    svc.pending_unanswered(order).await;
+
+    svc.declined(order).await;
+    svc.assert_money(order, "declined", 999).await;
     svc.stop().await;
 }
 
@@ -221,14 +258,7 @@ async fn the_timeout_token_stays_pending_until_the_capturer_settles_it_after_the
     let request = requested(order, 7_000, "tok_timeout");
     svc.publish(&request).await;
 
-    eventually("the payment is pending", WAIT, || async {
-        svc.status(order).await.as_deref() == Some("pending")
-    })
-    .await;
-    assert!(
-        svc.emitted(order).await.is_empty(),
-        "no answer before the provider's"
-    );
+    svc.pending_unanswered(order).await;
     // Asked again meanwhile: still pending, no answer, no second charge.
     svc.publish(&requested(order, 7_000, "tok_timeout")).await;
     svc.wait_handled(PaymentRequested::TYPE, 2).await;
