@@ -92,6 +92,47 @@ fn order_events() {}
     ))]
 fn notifications() {}
 
+/// `POST /api/auth/session`'s answer: the login's, but the token is in the cookie.
+#[derive(Serialize, ToSchema)]
+pub struct CookieSession {
+    /// Seconds the session lives without use; each authenticated request extends it.
+    pub expires_in: u64,
+    pub user: shop_users::api::User,
+}
+
+/// `GET /api/auth/session`'s answer.
+#[derive(Serialize, ToSchema)]
+pub struct SessionUser {
+    /// The cookie session's user; `null` without a session (or with an ended one).
+    pub user: Option<shop_users::api::User>,
+}
+
+#[utoipa::path(get, path = "/api/auth/session", tag = "users",
+    responses(
+        (status = 200, description = "Who the browser's `shop_session` cookie is logged in as, if anyone", body = SessionUser),
+    ))]
+fn get_session() {}
+
+#[utoipa::path(post, path = "/api/auth/session", tag = "users",
+    params(("Origin" = String, Header, description = "The page's origin, which must name the host the request is sent to: the cookie session is for this site's own pages")),
+    request_body = shop_users::api::LoginRequest,
+    responses(
+        (status = 200, description = "Logged in, for a browser: the token is set as the `shop_session` cookie (HttpOnly, SameSite=Strict, Secure when the page is HTTPS), not returned; requests with that cookie and no Authorization are the user's, and any but GET and HEAD must carry this site's Origin", body = CookieSession,
+            headers(("Set-Cookie" = String, description = "shop_session=<token>; Path=/; HttpOnly; SameSite=Strict"))),
+        (status = 401, description = "Wrong e-mail or password", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No Origin, or another site's", body = Problem, content_type = "application/problem+json"),
+    ))]
+fn open_session() {}
+
+#[utoipa::path(delete, path = "/api/auth/session", tag = "users",
+    params(("Origin" = String, Header, description = "The page's origin, which must name the host the request is sent to")),
+    responses(
+        (status = 204, description = "The cookie's session (if any) is logged out and the cookie cleared",
+            headers(("Set-Cookie" = String, description = "shop_session=; Max-Age=0"))),
+        (status = 403, description = "No Origin, or another site's", body = Problem, content_type = "application/problem+json"),
+    ))]
+fn close_session() {}
+
 /// The answers any operation can give because of the gateway and the shared conventions:
 /// malformed input, limits, rate limiting, a service away; and 401 where a token is required.
 struct CommonResponses;
@@ -141,8 +182,8 @@ impl Modify for CommonResponses {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Shop API", description = "The public API of Shop. Money is integer cents; ids are UUIDs; errors are application/problem+json."),
-    paths(stock, adjust, place_order, list_orders, get_order, order_events, notifications),
-    components(schemas(Problem)),
+    paths(stock, adjust, place_order, list_orders, get_order, order_events, notifications, get_session, open_session, close_session),
+    components(schemas(Problem, CookieSession, SessionUser)),
     modifiers(&BearerAuth, &TextRule),
 )]
 struct ApiDoc;
@@ -274,7 +315,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(operations, 15, "every public operation is documented");
+        assert_eq!(operations, 18, "every public operation is documented");
     }
 
     /// Every link starts from a documented answer and names an operation and a parameter of

@@ -19,7 +19,7 @@ use shop_platform::{
 };
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::{openapi, proxy};
+use crate::{openapi, proxy, web};
 
 /// Who the gateway is: no schema, no queue; it reaches the services over HTTP.
 pub static IDENTITY: Identity = Identity {
@@ -111,6 +111,8 @@ impl Program for Gateway {
                     ctx.fleet.topology.programs(),
                 ))),
             )
+            .route("/", get(web::index))
+            .route("/assets/{name}", get(web::asset))
             .route("/api/{*rest}", any(proxy::proxy))
             .with_state(gw);
         let checks: Vec<Arc<dyn Check>> = ctx

@@ -24,6 +24,7 @@ use shop_platform::{
 use crate::{
     client,
     program::{GatewaySettings, IDENTITY},
+    web,
 };
 
 /// The services that own the public routes (each declared by its own crate).
@@ -84,6 +85,19 @@ pub fn classify(method: &Method, path: &str) -> Result<Route, ApiError> {
             },
         )]),
         ["api", "auth", "logout"] => Some(vec![(Method::POST, r(USERS, User))]),
+        // A browser's cookie session (`web`): who it is, a login, and a logout that needs
+        // no token.
+        ["api", "auth", "session"] => Some(vec![
+            (Method::GET, r(USERS, Public)),
+            (
+                Method::POST,
+                Route {
+                    is_login: true,
+                    ..r(USERS, Public)
+                },
+            ),
+            (Method::DELETE, r(USERS, Public)),
+        ]),
         ["api", "me"] => Some(vec![(Method::GET, r(USERS, User))]),
         ["api", "products"] => Some(vec![
             (Method::GET, r(PRODUCTS, Public)),
@@ -166,12 +180,20 @@ pub async fn proxy(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
-    forward(&gw, peer, req)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+    let answer = if req.uri().path().trim_end_matches('/') == web::SESSION_PATH {
+        web::session(&gw, peer, req).await
+    } else {
+        forward(&gw, peer, req).await
+    };
+    answer.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn forward(gw: &Gateway, peer: SocketAddr, req: Request) -> Result<Response, ApiError> {
+/// Forwards one request of the public API to the service that owns its route.
+pub(crate) async fn forward(
+    gw: &Gateway,
+    peer: SocketAddr,
+    req: Request,
+) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     let route = classify(&parts.method, parts.uri.path())?;
     if telemetry::exporting() {
@@ -183,13 +205,25 @@ async fn forward(gw: &Gateway, peer: SocketAddr, req: Request) -> Result<Respons
     if route.is_login {
         rate_limit(gw, "login", &ip, gw.settings.login_rate_limit_per_min).await?;
     }
-    let token = session::bearer(
+    let bearer = session::bearer(
         parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok()),
     );
-    let caller = match (route.access, token) {
+    // A browser's session cookie stands for the token when there is no Authorization; to
+    // change anything with it, the request must come from this site's pages.
+    let session_token = match (bearer, web::cookie_token(&parts.headers)) {
+        (Some(token), _) => Some(token),
+        (None, Some(token)) if route.access != Access::Public => {
+            if !matches!(parts.method, Method::GET | Method::HEAD) {
+                web::same_origin(&parts.headers, &parts.uri)?;
+            }
+            Some(token)
+        }
+        _ => None,
+    };
+    let caller = match (route.access, session_token) {
         (Access::Public, _) => None,
         (_, None) => return Err(ApiError::Unauthorized),
         (_, Some(token)) => Some((authenticate(gw, token).await?, session::id(token))),
@@ -278,9 +312,9 @@ async fn forward(gw: &Gateway, peer: SocketAddr, req: Request) -> Result<Respons
             }
         }
         if route.service == USERS
-            && let Some(v) = parts.headers.get(header::AUTHORIZATION)
+            && let Some(session_token) = session_token
         {
-            out = out.header(header::AUTHORIZATION.as_str(), v.as_bytes());
+            out = out.bearer_auth(session_token);
         }
         out = out.header(assertion::HEADER, token.as_str());
         if !bytes.is_empty() {

@@ -3,6 +3,7 @@
 //! databases for the invariant audit).
 
 mod api;
+mod browser;
 #[path = "../common/mod.rs"]
 mod cluster;
 mod drain;
