@@ -11,7 +11,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
-import { chromium } from "playwright-core";
+import { launch, Watch } from "./browser.mjs";
 
 const base = process.env.SHOP_BASE;
 const [p1, p2] = (process.env.SHOP_PRODUCTS || "").split(",");
@@ -22,33 +22,15 @@ mkdirSync(shots, { recursive: true });
 
 const SETTLE = 30_000;
 let browser;
-let problems = []; // console errors, page errors and failed requests, as they happen
-let expected = []; // fragments of console errors a step provokes on purpose
-
-function watch(page) {
-  page.on("console", (m) => {
-    if (m.type() === "error" && !expected.some((e) => m.text().includes(e))) {
-      problems.push(`console: ${m.text()}`);
-    }
-  });
-  page.on("pageerror", (e) => problems.push(`uncaught: ${e.message}`));
-  page.on("requestfailed", (r) => {
-    // An event stream closed by the page when its order ended is not a failure.
-    if (!r.url().endsWith("/events")) problems.push(`failed: ${r.method()} ${r.url()} ${r.failure()?.errorText}`);
-  });
-  page.on("response", (r) => {
-    if (r.status() >= 400) problems.push(`HTTP ${r.status()}: ${r.request().method()} ${r.url()}`);
-  });
-  return page;
-}
+const watch = new Watch();
 
 function clean(what) {
-  assert.deepEqual(problems, [], `${what}: no console error and no failed request`);
+  watch.clean(what);
 }
 
 async function newUser() {
   const context = await browser.newContext({ viewport: { width: 390, height: 844 } });
-  return { context, page: watch(await context.newPage()) };
+  return { context, page: watch.page(await context.newPage()) };
 }
 
 async function register(page) {
@@ -82,16 +64,12 @@ async function statusBecomes(page, text) {
     await page.locator("#order-status", { hasText: text }).waitFor({ timeout: SETTLE });
   } catch (e) {
     const shown = await page.locator("main").textContent().catch(() => "(no page)");
-    throw new Error(`the order never showed ${text}; the page shows: ${shown}; ${problems.join("; ")}`);
+    throw new Error(`the order never showed ${text}; the page shows: ${shown}; ${watch.problems.join("; ")}`);
   }
 }
 
 before(async () => {
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  browser = await launch();
 });
 
 after(async () => {
@@ -99,7 +77,7 @@ after(async () => {
 });
 
 test("the first page loads fast, with its files cached and a strict CSP", async () => {
-  problems = [];
+  watch.reset();
   const { context, page } = await newUser();
   const resp = await page.goto(`${base}/`);
   const csp = resp.headers()["content-security-policy"];
@@ -119,7 +97,7 @@ test("the first page loads fast, with its files cached and a strict CSP", async 
   await page.screenshot({ path: `${shots}/catalog.png`, fullPage: true });
   clean("catalog");
   // An inline script (as an injection would add) does not run.
-  expected = ["Content Security Policy", "Refused to execute inline script"];
+  watch.allow = ["Content Security Policy", "Refused to execute inline script"];
   const ran = await page.evaluate(() => new Promise((resolve) => {
     document.addEventListener("securitypolicyviolation", () => resolve(false), { once: true });
     const s = document.createElement("script");
@@ -128,12 +106,12 @@ test("the first page loads fast, with its files cached and a strict CSP", async 
     setTimeout(() => resolve(window.injected === true), 1000);
   }));
   assert.equal(ran, false, "the CSP blocks an inline script");
-  expected = [];
+  watch.allow = [];
   await context.close();
 });
 
 test("a shopper registers, fills a cart and sees orders confirm and cancel live", async () => {
-  problems = [];
+  watch.reset();
   const { context, page } = await newUser();
   await register(page);
 
@@ -189,7 +167,7 @@ test("a shopper registers, fills a cart and sees orders confirm and cancel live"
 });
 
 test("the session cookie is HttpOnly and refused to another site's requests", async () => {
-  problems = [];
+  watch.reset();
   const { context, page } = await newUser();
   await register(page);
   const cookies = await context.cookies(base);

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod openapi;
+pub mod ops;
 pub mod program;
 pub mod proxy;
 pub mod web;

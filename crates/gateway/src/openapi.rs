@@ -133,6 +133,121 @@ fn open_session() {}
     ))]
 fn close_session() {}
 
+// The administrators' routes (the operations page). `?service=` names the service a route of
+// every service is for (`shop_platform::admin`): any program but the gateway.
+
+#[utoipa::path(get, path = "/api/admin/overview", tag = "admin", operation_id = "admin_overview",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every program instance's readiness (with each check), outbox backlog, oldest unsent event, deliveries held unacked and memory; every service's queue (ready, consumers, dead letters); the orders by status; the sagas ended (`sagas.ended`) and, over the last 15 s of readings (`sagas.window`, null until two are apart), sagas per second by outcome and saga latency p50/p90/p99 in ms", body = Object),
+        (status = 403, description = "Administrators only", body = Problem, content_type = "application/problem+json"),
+    ))]
+fn admin_overview() {}
+
+#[utoipa::path(get, path = "/api/admin/dead-letters", tag = "admin", operation_id = "admin_dead_letters",
+    security(("bearer" = [])),
+    params(("service" = Option<String>, Query, description = "One service's (a `shop_platform::admin::DeadLetters`); without it, every consuming service's: `{total, services: [{service, total} or {service, error}], items}`"),
+           ("limit" = Option<usize>, Query, description = "At most this many per service, 1 to 500 (100)", minimum = 1, maximum = 500),
+           ("contains" = Option<String>, Query, description = "Only messages whose body contains this text (an order id)")),
+    responses(
+        (status = 200, description = "Dead letters, without their bodies (left in their queues)", body = Object),
+        (status = 403, description = "Administrators only", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The named service consumes no events", body = Problem, content_type = "application/problem+json"),
+    ))]
+fn admin_dead_letters() {}
+
+#[utoipa::path(get, path = "/api/admin/dead-letters/{id}", tag = "admin", operation_id = "admin_dead_letter",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The message id"),
+           ("service" = String, Query, description = "The service whose dead letter it is")),
+    responses(
+        (status = 200, description = "The dead letter with its body", body = Object),
+        (status = 403, description = "Administrators only", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such dead letter", body = Problem, content_type = "application/problem+json"),
+    ))]
+fn admin_dead_letter() {}
+
+#[utoipa::path(post, path = "/api/admin/dead-letters/{id}/replay", tag = "admin", operation_id = "admin_replay_one",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The message id"),
+           ("service" = String, Query, description = "The service whose dead letter it is")),
+    responses(
+        (status = 200, description = "`{service, replayed: 1}`: published to its queue again as a first attempt (with a broker confirm), then removed from the dead letters", body = Object),
+        (status = 403, description = "Administrators only", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such dead letter, or the service consumes no events", body = Problem, content_type = "application/problem+json"),
+    ))]
+fn admin_replay_one() {}
+
+#[utoipa::path(post, path = "/api/admin/dead-letters/replay", tag = "admin", operation_id = "admin_replay_all",
+    security(("bearer" = [])),
+    params(("service" = String, Query, description = "The service whose dead letters to replay, every one")),
+    responses(
+        (status = 200, description = "`{service, replayed}`: each published to its queue again as a first attempt (with a broker confirm), then removed from the dead letters", body = Object),
+        (status = 403, description = "Administrators only", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The service consumes no events", body = Problem, content_type = "application/problem+json"),
+    ))]
+fn admin_replay_all() {}
+
+#[utoipa::path(get, path = "/api/admin/queue", tag = "admin", operation_id = "admin_queue",
+    security(("bearer" = [])),
+    params(("service" = String, Query, description = "The service")),
+    responses(
+        (status = 200, description = "The service's queue as the broker counts it", body = shop_platform::admin::QueueState),
+        (status = 403, description = "Administrators only", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The service consumes no events", body = Problem, content_type = "application/problem+json"),
+    ))]
+fn admin_queue() {}
+
+#[utoipa::path(get, path = "/api/admin/outbox", tag = "admin", operation_id = "admin_outbox",
+    security(("bearer" = [])),
+    params(("service" = String, Query, description = "The service"),
+           ("correlation_id" = uuid::Uuid, Query, description = "The saga (an order id)"),
+           ("since" = chrono::DateTime<chrono::Utc>, Query, description = "Sent from"),
+           ("until" = chrono::DateTime<chrono::Utc>, Query, description = "Sent until (unsent rows show always)")),
+    responses(
+        (status = 200, description = "`{service, items}`: the saga's events in the service's outbox", body = Object),
+        (status = 403, description = "Administrators only", body = Problem, content_type = "application/problem+json"),
+    ))]
+fn admin_outbox() {}
+
+#[utoipa::path(get, path = "/api/admin/inbox", tag = "admin", operation_id = "admin_inbox",
+    security(("bearer" = [])),
+    params(("service" = String, Query, description = "The service"),
+           ("ids" = String, Query, description = "1 to 200 event ids separated by commas")),
+    responses(
+        (status = 200, description = "`{service, items: [{event_id, processed_at}]}`: which of them the service handled, and when", body = Object),
+        (status = 403, description = "Administrators only", body = Problem, content_type = "application/problem+json"),
+    ))]
+fn admin_inbox() {}
+
+#[utoipa::path(get, path = "/api/admin/orders/stats", tag = "admin", operation_id = "admin_order_stats",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "`{by_status: {STATUS: count}}`", body = Object),
+        (status = 403, description = "Administrators only", body = Problem, content_type = "application/problem+json"),
+    ))]
+fn admin_order_stats() {}
+
+#[utoipa::path(get, path = "/api/admin/orders/{id}", tag = "admin", operation_id = "admin_order",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The order id")),
+    responses(
+        (status = 200, description = "What the orders service keeps of any user's order for its timeline", body = shop_platform::timeline::OrderRecord),
+        (status = 403, description = "Administrators only", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
+    ))]
+fn admin_order() {}
+
+#[utoipa::path(get, path = "/api/admin/orders/{id}/timeline", tag = "admin", operation_id = "admin_timeline",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The order id")),
+    responses(
+        (status = 200, description = "The order's timeline, as `shop order` prints it: status history, each saga event with who wrote it, when the broker confirmed it, who handled it and when, who has not yet, and its dead letters (null when a service could not be asked)", body = shop_platform::timeline::Timeline),
+        (status = 403, description = "Administrators only", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
+    ))]
+fn admin_timeline() {}
+
 /// The answers any operation can give because of the gateway and the shared conventions:
 /// malformed input, limits, rate limiting, a service away; and 401 where a token is required.
 struct CommonResponses;
@@ -182,7 +297,9 @@ impl Modify for CommonResponses {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Shop API", description = "The public API of Shop. Money is integer cents; ids are UUIDs; errors are application/problem+json."),
-    paths(stock, adjust, place_order, list_orders, get_order, order_events, notifications, get_session, open_session, close_session),
+    paths(stock, adjust, place_order, list_orders, get_order, order_events, notifications, get_session, open_session, close_session,
+        admin_overview, admin_dead_letters, admin_dead_letter, admin_replay_one, admin_replay_all, admin_queue, admin_outbox, admin_inbox,
+        admin_order_stats, admin_order, admin_timeline),
     components(schemas(Problem, CookieSession, SessionUser)),
     modifiers(&BearerAuth, &TextRule),
 )]
@@ -201,6 +318,9 @@ const LINKS: &[&str] = &[
     "stock 200 AdjustThisStock adjust product_id $response.body#/product_id",
     "place_order 202 GetOrder get_order id $response.body#/id",
     "list_orders 200 GetFirstOrder get_order id $response.body#/items/0/id",
+    "place_order 202 GetTimeline admin_timeline id $response.body#/id",
+    "list_orders 200 GetFirstTimeline admin_timeline id $response.body#/items/0/id",
+    "admin_dead_letters 200 ShowFirst admin_dead_letter id $response.body#/items/0/message_id",
 ];
 
 /// Every operation of the document.
@@ -273,6 +393,31 @@ impl Modify for AtLeastOneField {
     }
 }
 
+/// What the administrators' query parameters take: `ids` [`admin::IDS_PATTERN`] and, when
+/// the document is served by a running gateway, `service` one of its services' names.
+struct AdminParams<'a>(&'a [&'a str]);
+
+impl Modify for AdminParams<'_> {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use shop_platform::admin;
+        use utoipa::openapi::{RefOr, schema::Schema};
+        for op in operations(openapi) {
+            for p in op.parameters.iter_mut().flatten() {
+                let Some(RefOr::T(Schema::Object(o))) = p.schema.as_mut() else {
+                    continue;
+                };
+                match p.name.as_str() {
+                    "ids" => o.pattern = Some(admin::IDS_PATTERN.to_owned()),
+                    "service" if !self.0.is_empty() => {
+                        o.enum_values = Some(self.0.iter().map(|s| (*s).into()).collect())
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
 /// The whole public API.
 pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
@@ -281,6 +426,14 @@ pub fn document() -> utoipa::openapi::OpenApi {
     CommonResponses.modify(&mut doc);
     Links.modify(&mut doc);
     AtLeastOneField.modify(&mut doc);
+    AdminParams(&[]).modify(&mut doc);
+    doc
+}
+
+/// [`document`] as a gateway serves it: `?service=` names one of `services`.
+pub fn served(services: &[&str]) -> utoipa::openapi::OpenApi {
+    let mut doc = document();
+    AdminParams(services).modify(&mut doc);
     doc
 }
 
@@ -315,7 +468,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(operations, 18, "every public operation is documented");
+        assert_eq!(operations, 29, "every public operation is documented");
     }
 
     /// Every link starts from a documented answer and names an operation and a parameter of

@@ -102,9 +102,11 @@ impl Program for Gateway {
             redis: ctx.redis.clone().expect("the gateway uses Redis"),
             http: http.clone(),
             streams,
+            sagas: Default::default(),
         });
+        let admin_services = proxy::admin_services(&gw);
         let router = Router::new()
-            .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::document()))
+            .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::served(&admin_services)))
             .route(
                 "/asyncapi.json",
                 get(axum::Json(shop_platform::asyncapi::document(
@@ -112,6 +114,7 @@ impl Program for Gateway {
                 ))),
             )
             .route("/", get(web::index))
+            .route("/ops", get(web::ops))
             .route("/assets/{name}", get(web::asset))
             .route("/api/{*rest}", any(proxy::proxy))
             .with_state(gw);

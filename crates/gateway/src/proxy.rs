@@ -22,7 +22,7 @@ use shop_platform::{
 };
 
 use crate::{
-    client,
+    client, ops,
     program::{GatewaySettings, IDENTITY},
     web,
 };
@@ -33,6 +33,11 @@ const PRODUCTS: &str = shop_products::program::IDENTITY.name;
 const INVENTORY: &str = shop_inventory::program::IDENTITY.name;
 const ORDERS: &str = shop_orders::program::IDENTITY.name;
 const NOTIFICATIONS: &str = shop_notifications::program::IDENTITY.name;
+/// The gateway's own routes (answered from what it asks the services: [`crate::ops`]).
+pub(crate) const GATEWAY: &str = IDENTITY.name;
+/// The administrators' routes every service serves ([`shop_platform::admin`]): for the
+/// service the request's `?service=` names.
+pub(crate) const NAMED: &str = "(the service named by ?service=)";
 use tracing::warn;
 
 /// Who may call a route.
@@ -122,6 +127,21 @@ pub fn classify(method: &Method, path: &str) -> Result<Route, ApiError> {
             },
         )]),
         ["api", "notifications"] => Some(vec![(Method::GET, r(NOTIFICATIONS, User))]),
+        // The operations page's: each service's own (`?service=`; the list of dead letters
+        // without one is every service's), the orders service's, and the gateway's.
+        ["api", "admin", "dead-letters"] => Some(vec![(Method::GET, r(NAMED, Admin))]),
+        ["api", "admin", "dead-letters", "replay"] => Some(vec![(Method::POST, r(NAMED, Admin))]),
+        ["api", "admin", "dead-letters", _] => Some(vec![(Method::GET, r(NAMED, Admin))]),
+        ["api", "admin", "dead-letters", _, "replay"] => {
+            Some(vec![(Method::POST, r(NAMED, Admin))])
+        }
+        ["api", "admin", "queue" | "outbox" | "inbox"] => {
+            Some(vec![(Method::GET, r(NAMED, Admin))])
+        }
+        ["api", "admin", "orders", "stats"] => Some(vec![(Method::GET, r(ORDERS, Admin))]),
+        ["api", "admin", "orders", _] => Some(vec![(Method::GET, r(ORDERS, Admin))]),
+        ["api", "admin", "orders", _, "timeline"] => Some(vec![(Method::GET, r(GATEWAY, Admin))]),
+        ["api", "admin", "overview"] => Some(vec![(Method::GET, r(GATEWAY, Admin))]),
         _ => None,
     };
     let Some(methods) = found else {
@@ -162,6 +182,8 @@ pub struct Gateway {
     pub http: reqwest::Client,
     /// For event streams: no total timeout.
     pub streams: reqwest::Client,
+    /// The operations page's recent samples of the sagas' counters.
+    pub sagas: ops::Samples,
 }
 
 /// Headers copied from the client to the service.
@@ -182,19 +204,60 @@ pub async fn proxy(
 ) -> Response {
     let answer = if req.uri().path().trim_end_matches('/') == web::SESSION_PATH {
         web::session(&gw, peer, req).await
+    } else if ops::owns(&req) {
+        ops::serve(&gw, peer, req).await
     } else {
         forward(&gw, peer, req).await
     };
     answer.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// Forwards one request of the public API to the service that owns its route.
-pub(crate) async fn forward(
+/// A request let in: its route, who is calling (their session and its id) and from where.
+pub(crate) struct Admitted<'a> {
+    pub route: Route,
+    pub caller: Option<(Session, String)>,
+    /// The session's token (from the Authorization header or the browser's cookie).
+    pub session_token: Option<&'a str>,
+    pub client_ip: std::net::IpAddr,
+    pub request_id: Option<String>,
+}
+
+impl Admitted<'_> {
+    /// The assertion a request for `service` carries: the user's identity when there is one,
+    /// else the gateway's own; both with the client's address. Good for one use.
+    pub fn assertion(&self, gw: &Gateway, service: &str) -> String {
+        let (subject, session_id) = match &self.caller {
+            Some((s, session_id)) => {
+                let user = Subject::User {
+                    id: s.user_id,
+                    role: s.role.clone(),
+                };
+                (user, Some(session_id.clone()))
+            }
+            None => {
+                let gateway = Subject::Service {
+                    name: IDENTITY.name.into(),
+                };
+                (gateway, None)
+            }
+        };
+        gw.keys.sign(
+            subject,
+            service,
+            self.request_id.clone(),
+            session_id,
+            Some(self.client_ip),
+        )
+    }
+}
+
+/// Classifies, rate-limits and authenticates a request: 404/405 for no route, 401 without a
+/// session a route needs, 403 for a plain user on an administrators' route, 429 over a limit.
+pub(crate) async fn admit<'a>(
     gw: &Gateway,
     peer: SocketAddr,
-    req: Request,
-) -> Result<Response, ApiError> {
-    let (parts, body) = req.into_parts();
+    parts: &'a axum::http::request::Parts,
+) -> Result<Admitted<'a>, ApiError> {
     let route = classify(&parts.method, parts.uri.path())?;
     if telemetry::exporting() {
         telemetry::route(parts.method.as_str(), &template(parts.uri.path()));
@@ -243,7 +306,64 @@ pub(crate) async fn forward(
         }
         None => rate_limit(gw, "ip", &ip, gw.settings.rate_limit_per_min).await?,
     }
+    let request_id = parts
+        .headers
+        .get(X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    Ok(Admitted {
+        route,
+        caller,
+        session_token,
+        client_ip,
+        request_id,
+    })
+}
 
+/// The service a `?service=` route is for: one that serves the administrators' routes.
+pub(crate) fn named_service(gw: &Gateway, uri: &axum::http::Uri) -> Result<&'static str, ApiError> {
+    let asked =
+        axum::extract::Query::<std::collections::HashMap<String, String>>::try_from_uri(uri)
+            .ok()
+            .and_then(|q| q.0.get("service").cloned());
+    let served = admin_services(gw);
+    match asked {
+        Some(name) => served.into_iter().find(|s| *s == name).ok_or_else(|| {
+            ApiError::validation(
+                "service",
+                format!("no such service: one of {}", admin_services(gw).join(", ")),
+            )
+        }),
+        None => Err(ApiError::validation(
+            "service",
+            format!("name the service: one of {}", served.join(", ")),
+        )),
+    }
+}
+
+/// The services that serve the administrators' routes ([`shop_platform::admin`]).
+pub(crate) fn admin_services(gw: &Gateway) -> Vec<&'static str> {
+    gw.fleet
+        .topology
+        .programs()
+        .filter(|p| p.migrations.is_some())
+        .map(|p| p.name)
+        .collect()
+}
+
+/// Forwards one request of the public API to the service that owns its route.
+pub(crate) async fn forward(
+    gw: &Gateway,
+    peer: SocketAddr,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    let admitted = admit(gw, peer, &parts).await?;
+    let route = admitted.route;
+    let service = match route.service {
+        NAMED => named_service(gw, &parts.uri)?,
+        s => s,
+    };
     let bytes = axum::body::to_bytes(body, BODY_LIMIT)
         .await
         .map_err(|_| ApiError::PayloadTooLarge)?;
@@ -256,9 +376,9 @@ pub(crate) async fn forward(
         ));
     }
 
-    let instances = gw.fleet.instances(route.service).map_err(|e| {
+    let instances = gw.fleet.instances(service).map_err(|e| {
         warn!(error = %e, "no URL for a routed service");
-        ApiError::Unavailable(format!("{} is unavailable", route.service))
+        ApiError::Unavailable(format!("{service} is unavailable"))
     })?;
     let path = parts
         .uri
@@ -272,51 +392,22 @@ pub(crate) async fn forward(
     };
     let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes())
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    // Every forwarded request carries the gateway's assertion: the user's identity when there
-    // is one, else the gateway's own; both with the client's address.
-    let request_id = parts
-        .headers
-        .get(X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let (subject, session_id) = match &caller {
-        Some((s, session_id)) => {
-            let user = Subject::User {
-                id: s.user_id,
-                role: s.role.clone(),
-            };
-            (user, Some(session_id.clone()))
-        }
-        None => {
-            let gateway = Subject::Service {
-                name: IDENTITY.name.into(),
-            };
-            (gateway, None)
-        }
-    };
     // The request as sent to one instance (built again for the next when a connection to
     // one failed: see `upstream`), each time with an assertion of its own (an assertion is
     // good for one use, and the failed attempt may have used it).
     let build = |base: &str| {
-        let token = gw.keys.sign(
-            subject.clone(),
-            route.service,
-            request_id.clone(),
-            session_id.clone(),
-            Some(client_ip),
-        );
         let mut out = client.request(method.clone(), format!("{base}{path}"));
         for name in FORWARDED_REQUEST {
             if let Some(v) = parts.headers.get(*name) {
                 out = out.header(*name, v.as_bytes());
             }
         }
-        if route.service == USERS
-            && let Some(session_token) = session_token
+        if service == USERS
+            && let Some(session_token) = admitted.session_token
         {
             out = out.bearer_auth(session_token);
         }
-        out = out.header(assertion::HEADER, token.as_str());
+        out = out.header(assertion::HEADER, admitted.assertion(gw, service));
         if !bytes.is_empty() {
             out = out.body(bytes.clone());
         }
@@ -329,11 +420,8 @@ pub(crate) async fn forward(
         .send(parts.method.as_str(), idempotent, build)
         .await;
     let upstream = sent.map_err(|e| {
-        warn!(service = route.service, error = %e, "service unreachable");
-        ApiError::Unavailable(format!(
-            "the {} service is unavailable, try again",
-            route.service
-        ))
+        warn!(service, error = %e, "service unreachable");
+        ApiError::Unavailable(format!("the {service} service is unavailable, try again"))
     })?;
 
     let status =
@@ -354,8 +442,7 @@ pub(crate) async fn forward(
     } else {
         let b = upstream.bytes().await.map_err(|_| {
             ApiError::Unavailable(format!(
-                "the {} service stopped answering, try again",
-                route.service
+                "the {service} service stopped answering, try again"
             ))
         })?;
         Body::from(b)
@@ -379,7 +466,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 /// The session of a bearer token (sliding its expiry): 401 if unknown or expired, 503 if the
 /// session store is unreachable.
-async fn authenticate(gw: &Gateway, token: &str) -> Result<Session, ApiError> {
+pub(crate) async fn authenticate(gw: &Gateway, token: &str) -> Result<Session, ApiError> {
     let mut redis = gw.redis.clone();
     let found = tokio::time::timeout(
         Duration::from_secs(1),

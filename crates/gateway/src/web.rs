@@ -13,11 +13,14 @@
 //!   its user's session; the session endpoints themselves ask the same. The Bearer API is
 //!   unchanged.
 
-use std::{net::SocketAddr, sync::LazyLock};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, LazyLock},
+};
 
 use axum::{
     Json,
-    extract::{Path, Request},
+    extract::{Path, Request, State},
     http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header},
     response::{IntoResponse, Response},
 };
@@ -59,7 +62,10 @@ macro_rules! asset {
 static ASSETS: LazyLock<Vec<Asset>> = LazyLock::new(|| {
     [
         asset!("index.html", "text/html; charset=utf-8"),
+        asset!("ops.html", "text/html; charset=utf-8"),
         asset!("app.js", "text/javascript; charset=utf-8"),
+        asset!("ops.js", "text/javascript; charset=utf-8"),
+        asset!("common.js", "text/javascript; charset=utf-8"),
         asset!("style.css", "text/css; charset=utf-8"),
     ]
     .into_iter()
@@ -85,9 +91,60 @@ pub async fn index(headers: HeaderMap) -> Response {
     serve("index.html", &headers)
 }
 
-/// `GET /assets/{name}`: its scripts and styles.
+/// `GET /assets/{name}`: its scripts and styles (the pages are served by their routes).
 pub async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Response {
+    if name.ends_with(".html") {
+        return ApiError::NotFound("no such file".into()).into_response();
+    }
     serve(&name, &headers)
+}
+
+/// Where a browser without a session is sent from a page that needs one.
+pub const LOGIN_THEN_OPS: &str = "/#/login?next=%2Fops";
+
+/// What a signed-in user who is no administrator gets at `/ops`.
+const NOT_FOR_YOU: &str = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+    <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+    <title>Administrators only · Shop</title><link rel=\"stylesheet\" href=\"/assets/style.css\">\
+    <link rel=\"icon\" href=\"data:,\">\
+    </head><body><main id=\"view\"><h1>Administrators only</h1><p>The operations page is for \
+    administrators. <a href=\"/\">Back to the shop</a></p></main></body></html>";
+
+/// `GET /ops`: the operations page, for administrators only; a visitor without a session is
+/// sent to log in, a signed-in user who is no administrator gets a 403 page.
+pub async fn ops(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    let session = match cookie_token(&headers) {
+        Some(token) => proxy::authenticate(&gw, token).await,
+        None => Err(ApiError::Unauthorized),
+    };
+    let mut resp = match session {
+        Ok(s) if s.role == "admin" => serve("ops.html", &headers),
+        Ok(_) => {
+            let mut page = (
+                StatusCode::FORBIDDEN,
+                [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                NOT_FOR_YOU,
+            )
+                .into_response();
+            page_headers(page.headers_mut());
+            page
+        }
+        Err(ApiError::Unauthorized) => {
+            let mut to_login =
+                (StatusCode::SEE_OTHER, [(header::LOCATION, LOGIN_THEN_OPS)]).into_response();
+            page_headers(to_login.headers_mut());
+            to_login
+        }
+        Err(e) => e.into_response(),
+    };
+    // The answer depends on who asks: no shared cache keeps it.
+    let h = resp.headers_mut();
+    h.insert(header::VARY, HeaderValue::from_static("Cookie"));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache"),
+    );
+    resp
 }
 
 fn serve(name: &str, headers: &HeaderMap) -> Response {
@@ -356,8 +413,15 @@ mod tests {
                 a.name
             );
         }
-        let index = std::str::from_utf8(ASSETS[0].body).unwrap();
-        assert!(!index.contains("<script>"), "no inline script");
-        assert!(!index.contains("style="), "no inline style");
+        for page in ASSETS.iter().filter(|a| a.name.ends_with(".html")) {
+            let text = std::str::from_utf8(page.body).unwrap();
+            assert!(
+                !text.contains("<script>"),
+                "{}: no inline script",
+                page.name
+            );
+            assert!(!text.contains("style="), "{}: no inline style", page.name);
+        }
+        assert!(!NOT_FOR_YOU.contains("<script") && !NOT_FOR_YOU.contains("style="));
     }
 }

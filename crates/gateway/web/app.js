@@ -2,8 +2,8 @@
 // an HttpOnly cookie the gateway sets (POST /api/auth/session), so this code never sees the
 // token; the cart lives in localStorage.
 
-const view = document.getElementById("view");
-const alertBox = document.getElementById("alert");
+import { h, money, api, showError, render, field } from "./common.js";
+
 const CART_KEY = "shop.cart";
 const TERMINAL = ["CONFIRMED", "CANCELLED"];
 const REASONS = {
@@ -17,57 +17,16 @@ let leave = []; // what to stop when the page changes (timers, event streams)
 
 // ---- helpers ----
 
-function h(tag, attrs = {}, ...children) {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
-    else if (v === true) el.setAttribute(k, "");
-    else if (v !== false && v != null) el.setAttribute(k, v);
-  }
-  for (const c of children.flat()) {
-    if (c != null) el.append(c instanceof Node ? c : document.createTextNode(String(c)));
-  }
-  return el;
-}
-
-function money(cents, currency) {
-  return new Intl.NumberFormat(undefined, { style: "currency", currency }).format(cents / 100);
-}
-
-function showError(message) {
-  alertBox.textContent = message;
-  alertBox.hidden = !message;
-}
-
-class ApiError extends Error {
-  constructor(status, problem) {
-    super(problem?.detail || problem?.title || `HTTP ${status}`);
-    this.status = status;
-  }
-}
-
-async function api(method, path, body, headers = {}) {
-  const init = { method, headers: { Accept: "application/json", ...headers }, credentials: "same-origin" };
-  if (body !== undefined) {
-    init.headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
-  }
-  const resp = await fetch(path, init);
-  const text = await resp.text();
-  const data = text ? JSON.parse(text) : null;
-  if (!resp.ok) throw new ApiError(resp.status, data);
-  return data;
-}
-
-function render(title, ...children) {
-  document.title = `${title} · Shop`;
-  view.replaceChildren(h("h1", {}, title), ...children.filter((c) => c != null));
-  view.focus({ preventScroll: true });
-}
-
 function go(hash) {
   if (location.hash === hash) route();
   else location.hash = hash;
+}
+
+// After a login: back to a page of the storefront (`#/...`) or to another of this site's
+// pages (`/ops`); nowhere else.
+function leaveFor(next) {
+  if (/^\/[a-z]/.test(next)) location.assign(next);
+  else go(next.startsWith("#/") ? next : "#/");
 }
 
 function needUser() {
@@ -110,6 +69,7 @@ function showSession() {
   who.hidden = !me;
   who.textContent = me ? me.email : "";
   for (const a of document.querySelectorAll("[data-needs-user]")) a.hidden = !me;
+  document.getElementById("ops-link").hidden = me?.role !== "admin";
 }
 
 document.getElementById("logout").addEventListener("click", async () => {
@@ -289,10 +249,6 @@ async function notifications() {
     : h("p", {}, "No notifications yet."));
 }
 
-function field(id, label, type, autocomplete) {
-  return h("label", { for: id }, label, h("input", { id, name: id, type, autocomplete, required: true }));
-}
-
 function login(params) {
   const next = params.get("next") || "#/";
   const form = h("form", {
@@ -303,7 +259,7 @@ function login(params) {
         const s = await api("POST", "/api/auth/session", { email: f.get("email"), password: f.get("password") });
         me = s.user;
         showSession();
-        go(next);
+        leaveFor(next);
       } catch (e) {
         showError(e.status === 401 ? "Wrong e-mail or password." : e.message);
       }
@@ -325,7 +281,7 @@ function register(params) {
         const s = await api("POST", "/api/auth/session", creds);
         me = s.user;
         showSession();
-        go(next);
+        leaveFor(next);
       } catch (e) {
         showError(e.message);
       }

@@ -59,6 +59,41 @@ pub fn routes() -> Routes<Arc<AppState>> {
         .route(Method::POST, "/api/orders", Access::User, place)
         .route(Method::GET, "/api/orders/{id}", Access::User, get_one)
         .route(Method::GET, "/api/orders/{id}/events", Access::User, events)
+        .route(Method::GET, ADMIN_STATS, Access::Admin, admin_stats)
+        .route(Method::GET, ADMIN_ORDER, Access::Admin, admin_order)
+}
+
+/// How many orders are in each status (the operations page).
+pub const ADMIN_STATS: &str = "/api/admin/orders/stats";
+/// What orders keeps of one order for its timeline.
+pub const ADMIN_ORDER: &str = "/api/admin/orders/{id}";
+
+async fn admin_stats(
+    caller: Caller,
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require_admin()?;
+    let counts = store::count_by_status(&state.pool).await?;
+    let by_status: serde_json::Map<String, serde_json::Value> = counts
+        .into_iter()
+        .map(|(status, n)| (status, n.into()))
+        .collect();
+    Ok(Json(serde_json::json!({ "by_status": by_status })))
+}
+
+async fn admin_order(
+    caller: Caller,
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<shop_platform::timeline::OrderRecord>, ApiError> {
+    caller.require_admin()?;
+    let id = id
+        .parse::<Uuid>()
+        .map_err(|_| ApiError::not_found("order"))?;
+    store::record(&state.pool, None, id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("order"))
 }
 
 pub fn router(state: AppState) -> Router {

@@ -284,6 +284,47 @@ pub async fn status(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<(String, Opt
         .await
 }
 
+/// What the orders service keeps of order `id` for its timeline, from the `orders` tables
+/// of `schema` (or of the pool's own search path).
+pub async fn record(
+    pool: &PgPool,
+    schema: Option<&str>,
+    id: Uuid,
+) -> sqlx::Result<Option<shop_platform::timeline::OrderRecord>> {
+    let prefix = schema.map(|s| format!("\"{s}\".")).unwrap_or_default();
+    let row = sqlx::query(&format!(
+        "SELECT status, cancel_reason, created_at, updated_at, trace_context FROM {prefix}orders WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let history = sqlx::query_as(&format!(
+        "SELECT status, at FROM {prefix}order_history WHERE order_id = $1 ORDER BY id"
+    ))
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    Ok(Some(shop_platform::timeline::OrderRecord {
+        order_id: id,
+        status: row.get("status"),
+        cancel_reason: row.get("cancel_reason"),
+        placed_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
+        trace_context: row.get("trace_context"),
+        history,
+    }))
+}
+
+/// How many orders are in each status.
+pub async fn count_by_status(pool: &PgPool) -> sqlx::Result<Vec<(String, i64)>> {
+    sqlx::query_as("SELECT status, count(*) FROM orders GROUP BY status ORDER BY status")
+        .fetch_all(pool)
+        .await
+}
+
 /// One line per order for the invariant audit: (id, status, cancel reason, total). The
 /// tables of these audit queries are schema-qualified so that any pool on the shop's
 /// database can run them.

@@ -10,15 +10,15 @@ use lapin::{
     options::{BasicAckOptions, BasicGetOptions},
     types::{AMQPValue, FieldTable},
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     amqp::{self, Broker, H_ATTEMPTS, H_DEAD_AT, H_QUEUE, H_REASON, header_int, header_str},
     bus::PublishError,
 };
 
-/// A dead-lettered message as an operator sees it.
-#[derive(Clone, Debug, Serialize)]
+/// A dead-lettered message as an operator sees it (in a list, without its body).
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeadLetter {
     pub service: String,
     pub message_id: String,
@@ -28,6 +28,7 @@ pub struct DeadLetter {
     pub first_death_at: Option<DateTime<Utc>>,
     /// The queue it came from (where a replay sends it).
     pub source_queue: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub body: String,
 }
 
@@ -109,32 +110,48 @@ pub async fn list(broker: &Broker, service: Option<&str>) -> anyhow::Result<Vec<
     }
     let mut out = Vec::new();
     for svc in all.into_iter().filter(|s| service.is_none_or(|x| x == *s)) {
-        let ch = broker.channel().await?;
-        let dlq = broker.names().dead_letter_queue(svc);
-        let count = match amqp::depth(&ch, dlq.as_str()).await {
-            Ok(count) => count,
-            // Not declared yet: the service never ran in this namespace, so nothing is in it.
-            Err(e) if is_not_found(&e) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        for _ in 0..count {
-            match ch
-                .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false })
-                .await?
-            {
-                Some(m) => out.push(describe(
-                    svc,
-                    broker,
-                    &m.delivery.properties,
-                    &m.delivery.data,
-                )),
-                None => break,
-            }
-        }
-        // Closing the channel returns every message we looked at to the queue.
-        let _ = ch.close(200, "listed".into()).await;
+        out.extend(peek(broker, svc, usize::MAX, |_| true).await?.1);
     }
     Ok(out)
+}
+
+/// How many dead letters `service` has, and the first `limit` of them that `wanted` keeps,
+/// left in place.
+pub async fn peek(
+    broker: &Broker,
+    service: &str,
+    limit: usize,
+    wanted: impl Fn(&DeadLetter) -> bool,
+) -> anyhow::Result<(u32, Vec<DeadLetter>)> {
+    let ch = broker.channel().await?;
+    let dlq = broker.names().dead_letter_queue(service);
+    let count = match amqp::depth(&ch, dlq.as_str()).await {
+        Ok(count) => count,
+        // Not declared yet: the service never ran in this namespace, so nothing is in it.
+        Err(e) if is_not_found(&e) => return Ok((0, Vec::new())),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for _ in 0..count {
+        if out.len() >= limit {
+            break;
+        }
+        match ch
+            .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: false })
+            .await?
+        {
+            Some(m) => {
+                let d = describe(service, broker, &m.delivery.properties, &m.delivery.data);
+                if wanted(&d) {
+                    out.push(d);
+                }
+            }
+            None => break,
+        }
+    }
+    // Closing the channel returns every message we looked at to the queue.
+    let _ = ch.close(200, "listed".into()).await;
+    Ok((count, out))
 }
 
 /// Whether RabbitMQ answered that the queue does not exist.

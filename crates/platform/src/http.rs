@@ -326,6 +326,13 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
         self
     }
 
+    /// Serves `other`'s routes too.
+    pub fn merge(mut self, other: Routes<S>) -> Self {
+        self.router = self.router.merge(other.router);
+        self.table.extend(other.table);
+        self
+    }
+
     pub fn table(&self) -> &[RouteInfo] {
         &self.table
     }

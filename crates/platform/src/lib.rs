@@ -7,6 +7,7 @@
 //! [`config`], [`telemetry`], [`health`], [`metrics`], [`http`] helpers and the one
 //! start-up function every program runs ([`service`]).
 
+pub mod admin;
 pub mod amqp;
 pub mod api;
 pub mod assertion;
@@ -32,6 +33,7 @@ pub mod session;
 pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod timeline;
 pub mod topology;
 pub mod upstream;
 pub mod validation;

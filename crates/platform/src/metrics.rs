@@ -378,6 +378,66 @@ pub fn sample_sum(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 
         .sum()
 }
 
+/// The cumulative buckets `(le, count)` of histogram `name` (without `_bucket`) in an
+/// exposition, summed over its label sets (several instances' scrapes may be joined), in
+/// rising order of `le` (`+Inf` last).
+pub fn buckets(exposition: &str, name: &str) -> Vec<(f64, f64)> {
+    let mut out: Vec<(f64, f64)> = Vec::new();
+    let prefix = format!("{name}_bucket{{");
+    for line in exposition.lines() {
+        let Some(rest) = line.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        let le = labels
+            .split(',')
+            .find_map(|pair| pair.strip_prefix("le=\""))
+            .map(|v| v.trim_end_matches('"'))
+            .and_then(|v| match v {
+                "+Inf" => Some(f64::INFINITY),
+                v => v.parse::<f64>().ok(),
+            });
+        let count = value.split(' ').next().and_then(|v| v.parse::<f64>().ok());
+        if let (Some(le), Some(count)) = (le, count) {
+            match out.iter_mut().find(|(l, _)| *l == le) {
+                Some((_, c)) => *c += count,
+                None => out.push((le, count)),
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out
+}
+
+/// The `q` quantile (0 to 1) of cumulative buckets, interpolated within its bucket as
+/// Prometheus's `histogram_quantile` does; `None` without observations.
+pub fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let (mut lower, mut below) = (0.0, 0.0);
+    for &(le, count) in buckets {
+        if count >= rank {
+            if le.is_infinite() {
+                return Some(lower);
+            }
+            let within = count - below;
+            let share = if within > 0.0 {
+                (rank - below) / within
+            } else {
+                1.0
+            };
+            return Some(lower + (le - lower) * share);
+        }
+        (lower, below) = (le, count);
+    }
+    Some(lower)
+}
+
 #[cfg(test)]
 mod sample_tests {
     use super::sample_sum;
@@ -397,5 +457,33 @@ mod sample_tests {
         );
         assert_eq!(sample_sum(TEXT, "shop_y", &[]), 2.5);
         assert_eq!(sample_sum(TEXT, "shop_z", &[]), 0.0);
+    }
+
+    #[test]
+    fn histograms_are_read_summed_and_their_quantiles_interpolated() {
+        let text = "shop_d_bucket{program=\"a\",le=\"0.1\"} 2\n\
+            shop_d_bucket{program=\"a\",le=\"0.2\"} 4\n\
+            shop_d_bucket{program=\"a\",le=\"+Inf\"} 4\n\
+            shop_d_bucket{program=\"b\",le=\"0.1\"} 0\n\
+            shop_d_bucket{program=\"b\",le=\"0.2\"} 4\n\
+            shop_d_bucket{program=\"b\",le=\"+Inf\"} 4\n\
+            shop_d_sum{program=\"a\"} 9\n";
+        let b = super::buckets(text, "shop_d");
+        assert_eq!(b, vec![(0.1, 2.0), (0.2, 8.0), (f64::INFINITY, 8.0)]);
+        assert_eq!(super::quantile(&b, 0.25), Some(0.1));
+        let median = super::quantile(&b, 0.5).unwrap();
+        assert!(
+            (median - (0.1 + 0.1 * (2.0 / 6.0))).abs() < 1e-9,
+            "{median}"
+        );
+        assert_eq!(
+            super::quantile(&[(0.1, 0.0), (f64::INFINITY, 0.0)], 0.5),
+            None
+        );
+        // Past the last finite bound: that bound.
+        assert_eq!(
+            super::quantile(&[(0.1, 1.0), (f64::INFINITY, 3.0)], 0.9),
+            Some(0.1)
+        );
     }
 }

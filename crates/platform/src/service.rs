@@ -169,7 +169,11 @@ macro_rules! service {
         $(#[$doc])*
         pub static IDENTITY: $crate::topology::Identity = $crate::topology::Identity {
             $($($field: $value,)+)?
-            routes: || crate::http::routes().table().to_vec(),
+            routes: || {
+                let mut table = crate::http::routes().table().to_vec();
+                table.extend_from_slice($crate::admin::routes::<()>().table());
+                table
+            },
             ..$crate::topology::Identity::service($name, $port, &MIGRATOR, $consumes, $publishes)
         };
 
@@ -311,8 +315,23 @@ pub async fn start(
         }
         None => ops_router(ops),
     };
+    // A service's administrators' routes (`admin`), the same on each.
+    let router = if identity.migrations.is_some() {
+        let admin = Arc::new(crate::admin::Admin {
+            service: name,
+            broker: conns
+                .broker
+                .clone()
+                .filter(|_| !identity.consumes.is_empty()),
+            pool: conns.pool.clone(),
+        });
+        let routes = crate::admin::routes::<()>().with_state(());
+        parts.router.merge(routes.layer(axum::Extension(admin)))
+    } else {
+        parts.router
+    };
     let app = with_common_layers(
-        parts.router.merge(health).layer(axum::Extension(verifier)),
+        router.merge(health).layer(axum::Extension(verifier)),
         name,
         metrics.clone(),
         request_timeout,

@@ -352,6 +352,8 @@ mod tests {
             "/asyncapi.json",
             "/docs",
             shop_gateway::web::SESSION_PATH,
+            shop_gateway::ops::OVERVIEW,
+            shop_gateway::ops::TIMELINE,
         ];
         let extra: Vec<_> = documented
             .difference(&served)
