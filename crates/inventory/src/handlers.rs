@@ -48,6 +48,51 @@ impl Handler for InventoryHandler {
             ))),
         }
     }
+
+    /// A batch's handlers share stock rows (several orders of one product) and reservation
+    /// rows (an order's creation and its release): both are locked here first, reservations
+    /// then stock as a handler alone takes them, each kind in key order, so two batches
+    /// over the same rows cannot deadlock. (An event that does not decode locks nothing
+    /// here; its handler refuses it.)
+    async fn lock_batch(
+        &self,
+        events: &[&Envelope],
+        tx: &mut PgConnection,
+    ) -> Result<(), HandlerError> {
+        let mut orders = Vec::new();
+        let mut products = Vec::new();
+        for e in events {
+            match e.event_type.as_str() {
+                OrderCreated::TYPE => {
+                    if let Ok(o) = e.decode::<OrderCreated>() {
+                        orders.push(o.order_id);
+                        products.extend(o.items.iter().map(|l| l.product_id));
+                    }
+                }
+                StockReleaseRequested::TYPE => {
+                    if let Ok(r) = e.decode::<StockReleaseRequested>() {
+                        orders.push(r.order_id);
+                    }
+                }
+                OrderConfirmed::TYPE => {
+                    if let Ok(c) = e.decode::<OrderConfirmed>() {
+                        orders.push(c.order_id);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if orders.is_empty() {
+            return Ok(());
+        }
+        orders.sort_unstable();
+        orders.dedup();
+        products.extend(store::lock_reservations(tx, &orders).await?);
+        products.sort_unstable();
+        products.dedup();
+        store::lock_stock(tx, &products).await?;
+        Ok(())
+    }
 }
 
 async fn product_created(event: &Envelope, tx: &mut PgConnection) -> Result<(), HandlerError> {

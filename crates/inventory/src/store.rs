@@ -104,6 +104,21 @@ pub async fn set_reservation_status(
     Ok(())
 }
 
+/// Locks the existing reservations of `orders` in order id order, and returns the products
+/// they hold.
+pub async fn lock_reservations(tx: &mut PgConnection, orders: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
+    let rows: Vec<(Json<Vec<Line>>,)> = sqlx::query_as(
+        "SELECT lines FROM reservations WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE",
+    )
+    .bind(orders)
+    .fetch_all(tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .flat_map(|(Json(lines),)| lines.into_iter().map(|l| l.product_id))
+        .collect())
+}
+
 /// Locks the stock rows of `products` in product id order (every writer locks in that order,
 /// so they never deadlock) and returns their available quantities. Unknown products are
 /// absent from the map.

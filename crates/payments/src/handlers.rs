@@ -39,6 +39,12 @@ pub struct PaymentsHandler {
 
 #[async_trait]
 impl Handler for PaymentsHandler {
+    /// A payment may wait on the provider inside its transaction (up to [`INLINE_LIMIT`]):
+    /// each in its own, so that none waits on another's provider.
+    fn batched(&self) -> bool {
+        false
+    }
+
     async fn handle(&self, event: &Envelope, tx: &mut PgConnection) -> Result<(), HandlerError> {
         match event.event_type.as_str() {
             PaymentRequested::TYPE => self.payment_requested(event, tx).await,

@@ -90,4 +90,23 @@ pub trait Handler: Send + Sync + 'static {
     /// a duplicate), to tell this process's listeners (live streams, the outbox relay) without
     /// a PostgreSQL NOTIFY. Must be quick and must not fail.
     fn committed(&self, _event: &Envelope) {}
+
+    /// Whether several deliveries may be handled in one transaction (see
+    /// [`crate::inbox::process_batch`]): not for a handler that waits on something slow
+    /// inside its transaction, whose neighbours would wait with it.
+    fn batched(&self) -> bool {
+        true
+    }
+
+    /// Before a batch's handlers run in one transaction: takes, in a fixed order, the row
+    /// locks that several of them will take, so that two batches over the same rows cannot
+    /// deadlock (each handler on its own would take its rows in its own order). `events`
+    /// are those the batch will handle.
+    async fn lock_batch(
+        &self,
+        _events: &[&Envelope],
+        _tx: &mut PgConnection,
+    ) -> Result<(), HandlerError> {
+        Ok(())
+    }
 }

@@ -105,6 +105,22 @@ pub struct Config {
     #[arg(long, env = "SHOP_PREFETCH", default_value_t = 50, global = true)]
     pub prefetch: u16,
 
+    /// The most deliveries a consumer handles in one database transaction: those it holds
+    /// when it starts one, with one inbox insert for all, acked together after the commit
+    /// (1: each in a transaction of its own). A handler that waits inside its transaction on
+    /// something slow (payments, on its provider) handles each in its own regardless.
+    #[arg(long, env = "SHOP_CONSUMER_BATCH", default_value_t = 32, global = true)]
+    pub consumer_batch: u16,
+
+    /// How many such transactions one consumer runs at once.
+    #[arg(
+        long,
+        env = "SHOP_CONSUMER_TRANSACTIONS",
+        default_value_t = 2,
+        global = true
+    )]
+    pub consumer_transactions: u16,
+
     /// Time-to-live of a message in a service queue, in milliseconds; an expired message is
     /// dead-lettered, never dropped.
     #[arg(long, env = "SHOP_MESSAGE_TTL_MS", global = true)]

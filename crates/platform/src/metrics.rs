@@ -60,6 +60,10 @@ pub struct Metrics {
     pub dead_lettered: Family<TypeLabel, Counter>,
     /// Deliveries taken from the broker and not yet acked or returned (0 on a quiet system).
     pub in_flight: Gauge,
+    /// Deliveries handled per consumer transaction.
+    pub batch_size: Histogram,
+    /// Batches whose transaction failed, so that each of their messages was handled alone.
+    pub batches_split: Counter,
     pub outbox_depth: Gauge,
     pub outbox_oldest_age_seconds: Gauge<f64, AtomicU64>,
     pub cache_hits: Counter,
@@ -103,6 +107,8 @@ impl Metrics {
             postponed: Family::default(),
             dead_lettered: Family::default(),
             in_flight: Gauge::default(),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
+            batches_split: Counter::default(),
             outbox_depth: Gauge::default(),
             outbox_oldest_age_seconds: Gauge::default(),
             cache_hits: Counter::default(),
@@ -158,6 +164,16 @@ impl Metrics {
             "messages_in_flight",
             "Deliveries received and not yet acknowledged or returned to the broker",
             m.in_flight.clone(),
+        );
+        registry.register(
+            "consumer_batch_size",
+            "Deliveries handled per consumer transaction",
+            m.batch_size.clone(),
+        );
+        registry.register(
+            "consumer_batches_split",
+            "Batches whose transaction failed, each of their messages then handled alone",
+            m.batches_split.clone(),
         );
         registry.register(
             "messages_dead_lettered",

@@ -355,6 +355,118 @@ async fn poison_messages_are_dead_lettered_with_a_reason_while_others_flow_and_c
     h.shutdown().await;
 }
 
+/// Deliveries handled per transaction so far: (transactions, deliveries).
+fn batches(h: &Harness) -> (f64, f64) {
+    use shop_platform::metrics::sample_sum;
+    let text = h.env.metrics.render();
+    (
+        sample_sum(&text, "shop_consumer_batch_size_count", &[]),
+        sample_sum(&text, "shop_consumer_batch_size_sum", &[]),
+    )
+}
+
+#[tokio::test]
+async fn deliveries_that_wait_together_are_handled_in_shared_transactions_and_all_acked() {
+    let mut h = Harness::new(|_| {}).await;
+    // All waiting before the consumer starts: they arrive together.
+    let events: Vec<Envelope> = (0..40).map(|_| event()).collect();
+    for e in &events {
+        h.broker.publish(e).await.unwrap();
+    }
+    eventually("all forty are queued", WAIT, || async {
+        h.queue_depth().await == 40
+    })
+    .await;
+    h.start_consumer();
+    let pool = h.env.pool.clone();
+    eventually("every one is handled", WAIT, || async {
+        let done: i64 = sqlx::query_scalar("SELECT count(DISTINCT event_id) FROM effects")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        done == 40
+    })
+    .await;
+    for e in &events {
+        assert_eq!(effects(&pool, e.id).await, 1, "{} once", e.id);
+    }
+    let (transactions, handled) = batches(&h);
+    assert_eq!(handled, 40.0);
+    assert!(
+        transactions < 40.0,
+        "some shared a transaction: {transactions} transactions for 40"
+    );
+    // Acked (together): nothing held, nothing left in the queue, nothing redelivered.
+    let m = h.env.metrics.clone();
+    eventually("every delivery is acked", WAIT, || async {
+        m.in_flight.get() == 0
+    })
+    .await;
+    assert_eq!(h.queue_depth().await, 0);
+    let label = shop_platform::metrics::Metrics::label("payment.requested");
+    assert_eq!(m.duplicates.get_or_create(&label).get(), 0);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_poison_message_or_a_failing_handler_in_a_batch_costs_its_neighbours_nothing() {
+    let mut h = Harness::new(|_| {}).await;
+    let before: Vec<Envelope> = (0..10).map(|_| event()).collect();
+    let after: Vec<Envelope> = (0..10).map(|_| event()).collect();
+    let flaky = event();
+    let rejected = event();
+    h.handler.fail_transient.lock().unwrap().insert(flaky.id, 1);
+    h.handler.fail_permanent.lock().unwrap().push(rejected.id);
+    for e in &before {
+        h.broker.publish(e).await.unwrap();
+    }
+    h.publish_raw(b"{not json", "payment.requested").await;
+    h.broker.publish(&flaky).await.unwrap();
+    h.broker.publish(&rejected).await.unwrap();
+    for e in &after {
+        h.broker.publish(e).await.unwrap();
+    }
+    eventually("all twenty-three are queued", WAIT, || async {
+        h.queue_depth().await == 23
+    })
+    .await;
+    h.start_consumer();
+
+    let pool = h.env.pool.clone();
+    eventually(
+        "the neighbours and the flaky one are handled",
+        WAIT,
+        || async {
+            let mut all = true;
+            for e in before.iter().chain(&after).chain([&flaky]) {
+                all &= effects(&pool, e.id).await == 1;
+            }
+            all
+        },
+    )
+    .await;
+    let letters = eventually_some("two dead letters", WAIT, || async {
+        Some(h.dead_letters().await).filter(|l| l.len() == 2)
+    })
+    .await;
+    let ids: Vec<&str> = letters.iter().map(|l| l.message_id.as_str()).collect();
+    assert!(ids.contains(&"poison-1") && ids.contains(&rejected.id.to_string().as_str()));
+    let m = &h.env.metrics;
+    let label = shop_platform::metrics::Metrics::label("payment.requested");
+    // The flaky one fails once: in the batch (which it splits; alone it then succeeds) or,
+    // if it came alone, on its own (one retry). No neighbour ever fails.
+    assert!(
+        m.retried.get_or_create(&label).get() <= 1,
+        "only the flaky one may have been retried"
+    );
+    assert!(
+        m.batches_split.get() >= 1,
+        "the failing handlers' batch was split, each message on its own"
+    );
+    assert_eq!(effects(&pool, rejected.id).await, 0);
+    h.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_panicking_handler_does_not_kill_the_consumer() {
     let mut h = Harness::new(|_| {}).await;

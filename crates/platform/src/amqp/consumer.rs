@@ -1,11 +1,12 @@
 //! The consumer of a service's queue and the fate of each message, decided only after the
 //! handler's transaction (see the module doc of [`super`]).
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use futures::{FutureExt as _, StreamExt as _};
 use lapin::{
+    Acker,
     message::Delivery,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
@@ -13,6 +14,7 @@ use lapin::{
     types::{AMQPValue, FieldTable, ShortString},
 };
 use sqlx::PgPool;
+use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
@@ -133,6 +135,12 @@ impl Consumer {
     }
 
     /// Consumes until `stop` (Ok) or until the channel fails (Err).
+    ///
+    /// Deliveries are taken in batches: when a transaction slot is free, the first delivery
+    /// is awaited and every one already received joins it, up to the batch size; the batch
+    /// is handled in one transaction ([`Consumer::handle_batch`]) while the next one forms.
+    /// A handler that is not [`Handler::batched`] gets batches of one, and as many slots as
+    /// the prefetch (a task per delivery).
     async fn consume_on(
         self: Arc<Self>,
         live: &Live,
@@ -140,8 +148,9 @@ impl Consumer {
         inflight: &TaskTracker,
         connection: &mut tokio::sync::watch::Receiver<Option<Arc<Live>>>,
     ) -> anyhow::Result<()> {
+        let cfg = &self.broker.cfg;
         let ch = live.conn.create_channel().await?;
-        ch.basic_qos(self.broker.cfg.prefetch, BasicQosOptions::default())
+        ch.basic_qos(cfg.prefetch, BasicQosOptions::default())
             .await?;
         let mut stream = ch
             .basic_consume(
@@ -152,52 +161,144 @@ impl Consumer {
             )
             .await
             .with_context(|| format!("consuming {}", self.queue))?;
-        info!(queue = %self.queue, prefetch = self.broker.cfg.prefetch, "consuming");
+        let (batch_max, slots) = if self.handler.batched() {
+            (cfg.batch, cfg.transactions)
+        } else {
+            (1, usize::from(cfg.prefetch.max(1)))
+        };
+        info!(queue = %self.queue, prefetch = cfg.prefetch, batch = batch_max, transactions = slots, "consuming");
+        let slots = Arc::new(Semaphore::new(slots));
+        let acks = Arc::new(Acks::new(&self.broker.metrics));
+        let stopping = async |stream: &lapin::Consumer| {
+            // Stop taking messages; those in flight finish and are acked on this channel,
+            // which stays open until they are done.
+            let _ = ch
+                .basic_cancel(stream.tag(), BasicCancelOptions::default())
+                .await;
+            inflight.close();
+            inflight.wait().await;
+            let _ = ch.close(200, "shutdown".into()).await;
+        };
         loop {
-            tokio::select! {
+            let slot = tokio::select! {
                 _ = stop.cancelled() => {
-                    // Stop taking messages; those in flight finish and are acked on this
-                    // channel, which stays open until they are done.
-                    let _ = ch.basic_cancel(stream.tag(), BasicCancelOptions::default()).await;
-                    inflight.close();
-                    inflight.wait().await;
-                    let _ = ch.close(200, "shutdown".into()).await;
+                    stopping(&stream).await;
+                    return Ok(());
+                }
+                _ = connection.changed() => anyhow::bail!("the broker connection was replaced"),
+                slot = slots.clone().acquire_owned() => slot.expect("the slots are never closed"),
+            };
+            let first = tokio::select! {
+                _ = stop.cancelled() => {
+                    stopping(&stream).await;
                     return Ok(());
                 }
                 // The supervisor gave up this connection (a silent link, say, where no
                 // error ever reaches the stream): resume on the next one.
                 _ = connection.changed() => anyhow::bail!("the broker connection was replaced"),
                 item = stream.next() => match item {
-                    Some(Ok(delivery)) => {
-                        let me = self.clone();
-                        let acker = delivery.acker.clone();
-                        let queue = self.queue.clone();
-                        let held = Held::new(&self.broker.metrics);
-                        inflight.spawn(async move {
-                            let _held = held;
-                            // A panic outside the handler (whose panics `decide` catches) would
-                            // leave the message unacked for as long as the channel lives: its
-                            // saga stalls until the deadline. Return it to the queue instead.
-                            let run = std::panic::AssertUnwindSafe(me.process(delivery));
-                            if run.catch_unwind().await.is_err() {
-                                error!(%queue, "processing a message panicked; returning it to the queue");
-                                let _ = acker
-                                    .nack(BasicNackOptions {
-                                        requeue: true,
-                                        multiple: false,
-                                    })
-                                    .await;
-                            }
-                        });
-                    }
+                    Some(Ok(delivery)) => delivery,
                     Some(Err(e)) => return Err(e.into()),
                     None => anyhow::bail!("the broker cancelled the consumer"),
                 }
+            };
+            let mut batch = vec![first];
+            let mut ended = None;
+            while batch.len() < batch_max {
+                match stream.next().now_or_never() {
+                    Some(Some(Ok(delivery))) => batch.push(delivery),
+                    Some(Some(Err(e))) => {
+                        ended = Some(anyhow::Error::from(e));
+                        break;
+                    }
+                    Some(None) => {
+                        ended = Some(anyhow::anyhow!("the broker cancelled the consumer"));
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            acks.receive(&batch).await;
+            let me = self.clone();
+            let acks = acks.clone();
+            let queue = self.queue.clone();
+            inflight.spawn(async move {
+                let _slot = slot;
+                let tags: Vec<u64> = batch.iter().map(|d| d.delivery_tag).collect();
+                // A panic outside the handlers (whose panics are caught) would leave the
+                // messages unacked for as long as the channel lives: their sagas stall until
+                // the deadline. Return them to the queue instead.
+                let run = std::panic::AssertUnwindSafe(me.handle_batch(batch, &acks));
+                if run.catch_unwind().await.is_err() {
+                    error!(%queue, "processing messages panicked; returning them to the queue");
+                    acks.abandon(&tags).await;
+                }
+            });
+            if let Some(e) = ended {
+                return Err(e);
             }
         }
     }
 
-    async fn process(self: Arc<Self>, delivery: Delivery) {
+    /// Handles a batch: each delivery that is no event of this queue is settled at once
+    /// (dead-lettered); the others are handled in one transaction, or, if it fails, each in
+    /// its own, and settled by what became of each.
+    async fn handle_batch(self: Arc<Self>, deliveries: Vec<Delivery>, acks: &Acks) {
+        let started = std::time::Instant::now();
+        let mut events = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            let (attempts, span) = self.span_of(&delivery);
+            match self.check(&delivery, attempts, &span) {
+                Ok(env) => events.push((delivery, attempts, span, env)),
+                Err(fate) => self.finish(delivery, fate, span, started, acks).await,
+            }
+        }
+        if events.len() > 1 {
+            let batch: Vec<(&Envelope, tracing::Span)> = events
+                .iter()
+                .map(|(_, _, span, env)| (env, span.clone()))
+                .collect();
+            let run = std::panic::AssertUnwindSafe(inbox::process_batch(
+                &self.pool,
+                &batch,
+                self.handler.as_ref(),
+            ))
+            .catch_unwind();
+            match run.await {
+                Ok(Ok(applied)) => {
+                    let m = &self.broker.metrics;
+                    m.batch_size.observe(events.len() as f64);
+                    for ((delivery, _, span, env), fresh) in events.into_iter().zip(applied) {
+                        let label = Metrics::label(&env.event_type);
+                        if fresh {
+                            m.consumed.get_or_create(&label).inc();
+                            self.handler.committed(&env);
+                        } else {
+                            m.duplicates.get_or_create(&label).inc();
+                        }
+                        self.finish(delivery, Fate::Ack, span, started, acks).await;
+                    }
+                    return;
+                }
+                Ok(Err(e)) => {
+                    debug!(queue = %self.queue, error = %e, size = events.len(), "a batch failed; handling its messages one by one");
+                    self.broker.metrics.batches_split.inc();
+                }
+                Err(_) => {
+                    warn!(queue = %self.queue, size = events.len(), "a handler panicked in a batch; handling its messages one by one");
+                    self.broker.metrics.batches_split.inc();
+                }
+            }
+        }
+        for (delivery, attempts, span, env) in events {
+            let fate = self.decide(&env, attempts).instrument(span.clone()).await;
+            self.broker.metrics.batch_size.observe(1.0);
+            self.finish(delivery, fate, span, started, acks).await;
+        }
+    }
+
+    /// The consumer span of a delivery, and its attempt.
+    fn span_of(&self, delivery: &Delivery) -> (i64, tracing::Span) {
         let attempts = header_int(&delivery.properties, H_ATTEMPTS)
             .unwrap_or(1)
             .max(1);
@@ -237,19 +338,21 @@ impl Consumer {
             span.set_attribute("shop.attempt", attempts);
             span.set_attribute("shop.redelivered", delivery.redelivered);
         }
-        // The span is attached to the future, never entered across an await (a guard held
-        // over awaits corrupts the span stack of whatever else runs on that thread).
-        self.process_in_span(delivery, attempts)
-            .instrument(span)
-            .await
+        (attempts, span)
     }
 
-    /// Decides a message's fate and carries it out.
-    async fn process_in_span(&self, delivery: Delivery, attempts: i64) {
-        let started = std::time::Instant::now();
-        let fate = self.decide(&delivery, attempts).await;
+    /// Carries out a message's fate in its span (attached to each future, never entered
+    /// across an await: a guard held over awaits corrupts the span stack of whatever else
+    /// runs on that thread).
+    async fn finish(
+        &self,
+        delivery: Delivery,
+        fate: Fate,
+        span: tracing::Span,
+        started: std::time::Instant,
+        acks: &Acks,
+    ) {
         if telemetry::exporting() {
-            let span = tracing::Span::current();
             match &fate {
                 Fate::Ack => {}
                 Fate::Retry { error, .. } | Fate::Postpone { error, .. } => {
@@ -272,15 +375,21 @@ impl Consumer {
         // plain ack is the end of the consumer span (a span for it cost more than the ack).
         if telemetry::exporting() && !matches!(fate, Fate::Ack) {
             let settle = info_span!(
+                parent: &span,
                 "settle",
                 otel.name = %format_args!("settle {}", label.event_type),
                 otel.kind = "client",
             );
             settle.set_attribute(MESSAGING_SYSTEM, "rabbitmq");
             settle.set_attribute(MESSAGING_OPERATION_TYPE, "settle");
-            self.settle(delivery, fate, &label).instrument(settle).await;
+            self.settle(delivery, fate, &label, acks)
+                .instrument(settle)
+                .instrument(span)
+                .await;
         } else {
-            self.settle(delivery, fate, &label).await;
+            self.settle(delivery, fate, &label, acks)
+                .instrument(span)
+                .await;
         }
         self.broker
             .metrics
@@ -290,7 +399,7 @@ impl Consumer {
     }
 
     /// Acks the message, or forwards it to a retry or dead-letter queue and then acks it.
-    async fn settle(&self, delivery: Delivery, fate: Fate, label: &TypeLabel) {
+    async fn settle(&self, delivery: Delivery, fate: Fate, label: &TypeLabel, acks: &Acks) {
         let forwarded = match self.forward(fate) {
             None => Ok(()),
             Some(f) => {
@@ -305,38 +414,29 @@ impl Consumer {
                 r
             }
         };
-        let acked = match forwarded {
+        match forwarded {
             Ok(()) => {
                 crate::crash::point("consumer.before_ack");
-                delivery.acker.ack(BasicAckOptions::default()).await
+                acks.ack(delivery.delivery_tag).await;
             }
             Err(e) => {
                 warn!(error = %e, "could not forward the message; returning it to the queue");
-                delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        multiple: false,
-                    })
-                    .await
+                acks.requeue(delivery.delivery_tag).await;
             }
-        };
-        if let Err(e) = acked {
-            // The channel is gone: the broker redelivers the message, the inbox makes that safe.
-            warn!(error = %e, "ack failed; the message will be redelivered");
         }
     }
 
-    async fn decide(&self, delivery: &Delivery, attempts: i64) -> Fate {
-        let env = match Envelope::parse(&delivery.data) {
-            Ok(env) => env,
-            Err(e) => {
-                return Fate::DeadLetter {
-                    attempts,
-                    reason: e.to_string(),
-                };
-            }
-        };
+    /// The delivery's event, if it is one this queue handles; else its fate.
+    fn check(
+        &self,
+        delivery: &Delivery,
+        attempts: i64,
+        span: &tracing::Span,
+    ) -> Result<Envelope, Fate> {
+        let env = Envelope::parse(&delivery.data).map_err(|e| Fate::DeadLetter {
+            attempts,
+            reason: e.to_string(),
+        })?;
         if !self
             .broker
             .cfg
@@ -344,23 +444,28 @@ impl Consumer {
             .bindings_of(self.service)
             .contains(&env.event_type.as_str())
         {
-            return Fate::DeadLetter {
+            return Err(Fate::DeadLetter {
                 attempts,
                 reason: format!("{} has no handler for {}", self.service, env.event_type),
-            };
+            });
         }
         if telemetry::exporting() {
-            crate::outbox::messaging_attributes(&tracing::Span::current(), &env, "process");
+            crate::outbox::messaging_attributes(span, &env, "process");
         }
+        Ok(env)
+    }
+
+    /// Handles one event in a transaction of its own, and says what becomes of it.
+    async fn decide(&self, env: &Envelope, attempts: i64) -> Fate {
         let m = &self.broker.metrics;
         let label = Metrics::label(&env.event_type);
         let run =
-            std::panic::AssertUnwindSafe(inbox::process(&self.pool, &env, self.handler.as_ref()))
+            std::panic::AssertUnwindSafe(inbox::process(&self.pool, env, self.handler.as_ref()))
                 .catch_unwind();
         match run.await {
             Ok(Ok(true)) => {
                 m.consumed.get_or_create(&label).inc();
-                self.handler.committed(&env);
+                self.handler.committed(env);
                 Fate::Ack
             }
             Ok(Ok(false)) => {
@@ -453,8 +558,108 @@ impl Consumer {
     }
 }
 
-/// Counts a delivery in `shop_messages_in_flight` until it is acked or returned (dropped at
-/// the end of its task, whatever way the task ends).
+/// A channel's deliveries from their arrival until they are acked or returned. Acks go out
+/// together: one `basic.ack` with `multiple` for every delivery settled below the lowest one
+/// still being handled (a multiple ack acks every tag up to its own, so none may be still
+/// open below it), always in tag order (the lock is held while one is sent).
+struct Acks {
+    metrics: Arc<Metrics>,
+    state: tokio::sync::Mutex<AckState>,
+}
+
+#[derive(Default)]
+struct AckState {
+    /// Received, not settled yet.
+    open: BTreeMap<u64, (Acker, Held)>,
+    /// Settled for an ack, not acked yet (an open delivery below holds them back).
+    settled: BTreeMap<u64, (Acker, Held)>,
+}
+
+impl Acks {
+    fn new(metrics: &Arc<Metrics>) -> Acks {
+        Acks {
+            metrics: metrics.clone(),
+            state: Default::default(),
+        }
+    }
+
+    async fn receive(&self, deliveries: &[Delivery]) {
+        let mut state = self.state.lock().await;
+        for d in deliveries {
+            let held = Held::new(&self.metrics);
+            state.open.insert(d.delivery_tag, (d.acker.clone(), held));
+        }
+    }
+
+    /// The delivery is done with: ack it, with every settled one below, once none below it
+    /// is still open.
+    async fn ack(&self, tag: u64) {
+        let mut state = self.state.lock().await;
+        if let Some(entry) = state.open.remove(&tag) {
+            state.settled.insert(tag, entry);
+        }
+        Self::flush(&mut state).await;
+    }
+
+    /// Returns the delivery to the queue (alone), then acks what it held back.
+    async fn requeue(&self, tag: u64) {
+        let mut state = self.state.lock().await;
+        if let Some((acker, _held)) = state.open.remove(&tag) {
+            nack(&acker).await;
+        }
+        Self::flush(&mut state).await;
+    }
+
+    /// Returns every one of `tags` still open to the queue (their task panicked).
+    async fn abandon(&self, tags: &[u64]) {
+        let mut state = self.state.lock().await;
+        for tag in tags {
+            if let Some((acker, _held)) = state.open.remove(tag) {
+                nack(&acker).await;
+            }
+        }
+        Self::flush(&mut state).await;
+    }
+
+    async fn flush(state: &mut AckState) {
+        let below = state.open.keys().next().copied().unwrap_or(u64::MAX);
+        let Some(&last) = state.settled.range(..below).next_back().map(|(t, _)| t) else {
+            return;
+        };
+        let rest = state.settled.split_off(&(last + 1));
+        let done = std::mem::replace(&mut state.settled, rest);
+        let count = done.len();
+        let (acker, _held) = done
+            .into_iter()
+            .next_back()
+            .expect("the last settled one")
+            .1;
+        let sent = acker
+            .ack(BasicAckOptions {
+                multiple: count > 1,
+            })
+            .await;
+        if let Err(e) = sent {
+            // The channel is gone: the broker redelivers the messages, the inbox makes that safe.
+            warn!(error = %e, count, "ack failed; the messages will be redelivered");
+        }
+    }
+}
+
+async fn nack(acker: &Acker) {
+    let sent = acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            multiple: false,
+        })
+        .await;
+    if let Err(e) = sent {
+        warn!(error = %e, "returning a message failed; the broker redelivers it");
+    }
+}
+
+/// Counts a delivery in `shop_messages_in_flight` until it is acked or returned (dropped
+/// with its entry in [`Acks`]).
 struct Held(Arc<Metrics>);
 
 impl Held {

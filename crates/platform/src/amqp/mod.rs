@@ -48,6 +48,9 @@ pub struct BrokerConfig {
     pub urls: Vec<String>,
     pub names: Names,
     pub prefetch: u16,
+    /// Deliveries per consumer transaction, and transactions at once ([`Config`]'s).
+    pub batch: usize,
+    pub transactions: usize,
     pub message_ttl_ms: u32,
     pub retry_delays: Vec<Duration>,
     pub queue_type: QueueType,
@@ -81,6 +84,8 @@ impl BrokerConfig {
             declare_only: own_user.map(|_| program.to_string()),
             names,
             prefetch: cfg.prefetch,
+            batch: usize::from(cfg.consumer_batch.clamp(1, cfg.prefetch.max(1))),
+            transactions: usize::from(cfg.consumer_transactions.max(1)),
             message_ttl_ms: cfg.message_ttl_ms,
             retry_delays: cfg.retry_delays(),
             queue_type: cfg.queue_type,
