@@ -245,12 +245,17 @@ impl Consumer {
     /// its own, and settled by what became of each.
     async fn handle_batch(self: Arc<Self>, deliveries: Vec<Delivery>, acks: &Acks) {
         let started = std::time::Instant::now();
+        // The handled deliveries, acked together once their fates are all known.
+        let mut acked = Vec::new();
         let mut events = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
             let (attempts, span) = self.span_of(&delivery);
             match self.check(&delivery, attempts, &span) {
                 Ok(env) => events.push((delivery, attempts, span, env)),
-                Err(fate) => self.finish(delivery, fate, span, started, acks).await,
+                Err(fate) => {
+                    self.finish(delivery, fate, span, started, acks, &mut acked)
+                        .await
+                }
             }
         }
         if events.len() > 1 {
@@ -276,8 +281,10 @@ impl Consumer {
                         } else {
                             m.duplicates.get_or_create(&label).inc();
                         }
-                        self.finish(delivery, Fate::Ack, span, started, acks).await;
+                        self.finish(delivery, Fate::Ack, span, started, acks, &mut acked)
+                            .await;
                     }
+                    Self::ack(acks, &acked).await;
                     return;
                 }
                 Ok(Err(e)) => {
@@ -293,7 +300,18 @@ impl Consumer {
         for (delivery, attempts, span, env) in events {
             let fate = self.decide(&env, attempts).instrument(span.clone()).await;
             self.broker.metrics.batch_size.observe(1.0);
-            self.finish(delivery, fate, span, started, acks).await;
+            self.finish(delivery, fate, span, started, acks, &mut acked)
+                .await;
+            Self::ack(acks, &acked).await;
+            acked.clear();
+        }
+    }
+
+    /// Acks handled deliveries (after their commit).
+    async fn ack(acks: &Acks, tags: &[u64]) {
+        if !tags.is_empty() {
+            crate::crash::point("consumer.before_ack");
+            acks.ack(tags).await;
         }
     }
 
@@ -351,6 +369,7 @@ impl Consumer {
         span: tracing::Span,
         started: std::time::Instant,
         acks: &Acks,
+        acked: &mut Vec<u64>,
     ) {
         if telemetry::exporting() {
             match &fate {
@@ -382,12 +401,12 @@ impl Consumer {
             );
             settle.set_attribute(MESSAGING_SYSTEM, "rabbitmq");
             settle.set_attribute(MESSAGING_OPERATION_TYPE, "settle");
-            self.settle(delivery, fate, &label, acks)
+            self.settle(delivery, fate, &label, acks, acked)
                 .instrument(settle)
                 .instrument(span)
                 .await;
         } else {
-            self.settle(delivery, fate, &label, acks)
+            self.settle(delivery, fate, &label, acks, acked)
                 .instrument(span)
                 .await;
         }
@@ -399,7 +418,20 @@ impl Consumer {
     }
 
     /// Acks the message, or forwards it to a retry or dead-letter queue and then acks it.
-    async fn settle(&self, delivery: Delivery, fate: Fate, label: &TypeLabel, acks: &Acks) {
+    /// Forwards the message when its fate says so; its ack is left to the caller (with its
+    /// batch's, in `acked`), or, after a forward, sent at once.
+    async fn settle(
+        &self,
+        delivery: Delivery,
+        fate: Fate,
+        label: &TypeLabel,
+        acks: &Acks,
+        acked: &mut Vec<u64>,
+    ) {
+        if matches!(fate, Fate::Ack) {
+            acked.push(delivery.delivery_tag);
+            return;
+        }
         let forwarded = match self.forward(fate) {
             None => Ok(()),
             Some(f) => {
@@ -417,7 +449,7 @@ impl Consumer {
         match forwarded {
             Ok(()) => {
                 crate::crash::point("consumer.before_ack");
-                acks.ack(delivery.delivery_tag).await;
+                acks.ack(&[delivery.delivery_tag]).await;
             }
             Err(e) => {
                 warn!(error = %e, "could not forward the message; returning it to the queue");
@@ -558,10 +590,10 @@ impl Consumer {
     }
 }
 
-/// A channel's deliveries from their arrival until they are acked or returned. Acks go out
-/// together: one `basic.ack` with `multiple` for every delivery settled below the lowest one
-/// still being handled (a multiple ack acks every tag up to its own, so none may be still
-/// open below it), always in tag order (the lock is held while one is sent).
+/// A channel's deliveries from their arrival until they are acked or returned. A batch's acks
+/// go out together: one `basic.ack` with `multiple` for its deliveries when none below them
+/// is still being handled (a multiple ack acks every tag up to its own, so none may be open
+/// below it), else one each; in tag order (the lock is held while they are sent).
 struct Acks {
     metrics: Arc<Metrics>,
     state: tokio::sync::Mutex<AckState>,
@@ -571,7 +603,7 @@ struct Acks {
 struct AckState {
     /// Received, not settled yet.
     open: BTreeMap<u64, (Acker, Held)>,
-    /// Settled for an ack, not acked yet (an open delivery below holds them back).
+    /// Settled for an ack, being acked (empty between calls).
     settled: BTreeMap<u64, (Acker, Held)>,
 }
 
@@ -591,12 +623,14 @@ impl Acks {
         }
     }
 
-    /// The delivery is done with: ack it, with every settled one below, once none below it
-    /// is still open.
-    async fn ack(&self, tag: u64) {
+    /// These deliveries are done with: acked, those below every open delivery with one
+    /// multiple ack, the others (an open delivery below them) each at once.
+    async fn ack(&self, tags: &[u64]) {
         let mut state = self.state.lock().await;
-        if let Some(entry) = state.open.remove(&tag) {
-            state.settled.insert(tag, entry);
+        for tag in tags {
+            if let Some(entry) = state.open.remove(tag) {
+                state.settled.insert(*tag, entry);
+            }
         }
         Self::flush(&mut state).await;
     }
@@ -621,28 +655,27 @@ impl Acks {
         Self::flush(&mut state).await;
     }
 
+    /// Sends the acks of every settled delivery: one multiple ack for those below the lowest
+    /// open one, one ack each for the rest (holding them until the open one is done would
+    /// hold the prefetch window, and with it the consumer, behind a slow message).
     async fn flush(state: &mut AckState) {
         let below = state.open.keys().next().copied().unwrap_or(u64::MAX);
-        let Some(&last) = state.settled.range(..below).next_back().map(|(t, _)| t) else {
-            return;
-        };
-        let rest = state.settled.split_off(&(last + 1));
-        let done = std::mem::replace(&mut state.settled, rest);
-        let count = done.len();
-        let (acker, _held) = done
-            .into_iter()
-            .next_back()
-            .expect("the last settled one")
-            .1;
-        let sent = acker
-            .ack(BasicAckOptions {
-                multiple: count > 1,
-            })
-            .await;
-        if let Err(e) = sent {
-            // The channel is gone: the broker redelivers the messages, the inbox makes that safe.
-            warn!(error = %e, count, "ack failed; the messages will be redelivered");
+        let above = state.settled.split_off(&below);
+        let prefix = std::mem::replace(&mut state.settled, BTreeMap::new());
+        let count = prefix.len();
+        if let Some((_, (acker, _held))) = prefix.into_iter().next_back() {
+            send_ack(&acker, count > 1, count).await;
         }
+        for (_, (acker, _held)) in above {
+            send_ack(&acker, false, 1).await;
+        }
+    }
+}
+
+async fn send_ack(acker: &Acker, multiple: bool, count: usize) {
+    if let Err(e) = acker.ack(BasicAckOptions { multiple }).await {
+        // The channel is gone: the broker redelivers the messages, the inbox makes that safe.
+        warn!(error = %e, count, "ack failed; the messages will be redelivered");
     }
 }
 
