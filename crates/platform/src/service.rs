@@ -628,6 +628,19 @@ impl Handler for WakeRelay {
         self.waker.wake();
         self.inner.committed(event);
     }
+
+    // Everything else is the service's own handler's.
+    fn batched(&self) -> bool {
+        self.inner.batched()
+    }
+
+    async fn lock_batch(
+        &self,
+        events: &[&crate::envelope::Envelope],
+        tx: &mut sqlx::PgConnection,
+    ) -> Result<(), crate::bus::HandlerError> {
+        self.inner.lock_batch(events, tx).await
+    }
 }
 
 /// Binds `bind:port` with a clear error.
@@ -635,4 +648,35 @@ pub async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
     TcpListener::bind((host, port))
         .await
         .with_context(|| format!("cannot listen on {host}:{port}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wrapper every service's handler runs in keeps what the handler says of batches
+    /// (a wrapper that answered with the defaults would batch payments' slow provider calls
+    /// and skip inventory's lock order).
+    #[test]
+    fn the_relay_waking_wrapper_keeps_the_handlers_batching() {
+        struct Alone;
+        #[async_trait]
+        impl Handler for Alone {
+            async fn handle(
+                &self,
+                _: &crate::envelope::Envelope,
+                _: &mut sqlx::PgConnection,
+            ) -> Result<(), crate::bus::HandlerError> {
+                Ok(())
+            }
+            fn batched(&self) -> bool {
+                false
+            }
+        }
+        let wrapped = WakeRelay {
+            inner: Arc::new(Alone),
+            waker: outbox::Waker::default(),
+        };
+        assert!(!wrapped.batched());
+    }
 }

@@ -139,8 +139,8 @@ impl Consumer {
     /// Deliveries are taken in batches: when a transaction slot is free, the first delivery
     /// is awaited and every one already received joins it, up to the batch size; the batch
     /// is handled in one transaction ([`Consumer::handle_batch`]) while the next one forms.
-    /// A handler that is not [`Handler::batched`] gets batches of one, and as many slots as
-    /// the prefetch (a task per delivery).
+    /// A handler that is not [`Handler::batched`], or a batch size of 1, gets batches of
+    /// one and as many slots as the prefetch (a task per delivery).
     async fn consume_on(
         self: Arc<Self>,
         live: &Live,
@@ -161,7 +161,7 @@ impl Consumer {
             )
             .await
             .with_context(|| format!("consuming {}", self.queue))?;
-        let (batch_max, slots) = if self.handler.batched() {
+        let (batch_max, slots) = if self.handler.batched() && cfg.batch > 1 {
             (cfg.batch, cfg.transactions)
         } else {
             (1, usize::from(cfg.prefetch.max(1)))
