@@ -497,6 +497,9 @@ async fn a_server_that_never_answers_delays_mail_and_holds_nothing() {
     let svc = Svc::smtp_at(format!("smtp://127.0.0.1:{port}")).await;
     let (ada, order) = (Uuid::now_v7(), Uuid::now_v7());
     svc.publish(&registered(ada, "ada@example.com")).await;
+    // Her address first: events are not ordered (two transactions may commit in either
+    // order), and a notification without one yet waits for it instead of trying the server.
+    svc.wait_handled(UserRegistered::TYPE, 1).await;
     svc.publish(&confirmed(ada, order)).await;
     svc.wait_handled(OrderConfirmed::TYPE, 1).await;
     let error = shop_platform::testkit::eventually_some("a timed-out delivery", WAIT, || async {
