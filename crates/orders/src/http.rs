@@ -358,14 +358,9 @@ async fn list(
                 .map_err(|_| ApiError::validation("cursor", "invalid cursor"))?,
         ),
     };
-    let ids = store::page(&state.pool, caller.user_id, before, limit + 1).await?;
-    let more = ids.len() as i64 > limit;
-    let mut items = Vec::new();
-    for id in ids.iter().take(limit as usize) {
-        if let Some(v) = store::view(&state.pool, *id, Some(caller.user_id)).await? {
-            items.push(v);
-        }
-    }
+    let mut items = store::page(&state.pool, caller.user_id, before, limit + 1).await?;
+    let more = items.len() as i64 > limit;
+    items.truncate(limit as usize);
     let next_cursor = if more {
         items.last().map(|o| o.id.to_string())
     } else {

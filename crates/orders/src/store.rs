@@ -215,6 +215,23 @@ async fn lines(tx: &mut PgConnection, id: Uuid) -> sqlx::Result<Vec<OrderLine>> 
     })
 }
 
+/// A query of an [`OrderView`]'s columns from `orders o` (lines and history aggregated in the
+/// same statement), followed by `$rest`.
+macro_rules! view_query {
+    ($rest:literal) => {
+        concat!(
+            "SELECT o.id, o.user_id, o.status, o.cancel_reason, o.total_cents, o.currency, o.created_at, o.updated_at,
+                 (SELECT coalesce(json_agg(json_build_object('product_id', i.product_id, 'quantity', i.quantity,
+                                                             'unit_price_cents', i.unit_price_cents) ORDER BY i.line), '[]')
+                    FROM order_items i WHERE i.order_id = o.id) AS items,
+                 (SELECT coalesce(json_agg(json_build_object('status', h.status, 'at', h.at) ORDER BY h.id), '[]')
+                    FROM order_history h WHERE h.order_id = o.id) AS history
+             FROM orders o ",
+            $rest
+        )
+    };
+}
+
 /// The order as its owner sees it (None if it is not theirs or does not exist). One query:
 /// it is read after every placement and by every status poll.
 pub async fn view(
@@ -222,18 +239,10 @@ pub async fn view(
     id: Uuid,
     owner: Option<Uuid>,
 ) -> sqlx::Result<Option<OrderView>> {
-    let Some(r) = sqlx::query(
-        "SELECT o.id, o.user_id, o.status, o.cancel_reason, o.total_cents, o.currency, o.created_at, o.updated_at,
-             (SELECT coalesce(json_agg(json_build_object('product_id', i.product_id, 'quantity', i.quantity,
-                                                         'unit_price_cents', i.unit_price_cents) ORDER BY i.line), '[]')
-                FROM order_items i WHERE i.order_id = o.id) AS items,
-             (SELECT coalesce(json_agg(json_build_object('status', h.status, 'at', h.at) ORDER BY h.id), '[]')
-                FROM order_history h WHERE h.order_id = o.id) AS history
-         FROM orders o WHERE o.id = $1",
-    )
-    .bind(id)
-    .fetch_optional(db)
-    .await?
+    let Some(r) = sqlx::query(view_query!("WHERE o.id = $1"))
+        .bind(id)
+        .fetch_optional(db)
+        .await?
     else {
         return Ok(None);
     };
@@ -259,21 +268,37 @@ pub async fn by_idempotency_key(
         .await
 }
 
-/// A page of a user's orders, newest first (ids are time-ordered uuid v7).
+/// A page of a user's orders as they see them, newest first (ids are time-ordered uuid v7),
+/// older than `before` if given: `limit` at most, in one query. Each form reads the
+/// `(user_id, id DESC)` index from where the page starts.
 pub async fn page(
     pool: &PgPool,
     user_id: Uuid,
     before: Option<Uuid>,
     limit: i64,
-) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar(
-        "SELECT id FROM orders WHERE user_id = $1 AND ($2::uuid IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
-    )
-    .bind(user_id)
-    .bind(before)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
+) -> sqlx::Result<Vec<OrderView>> {
+    let rows = match before {
+        None => {
+            sqlx::query(view_query!(
+                "WHERE o.user_id = $1 ORDER BY o.id DESC LIMIT $2"
+            ))
+            .bind(user_id)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        }
+        Some(before) => {
+            sqlx::query(view_query!(
+                "WHERE o.user_id = $1 AND o.id < $3 ORDER BY o.id DESC LIMIT $2"
+            ))
+            .bind(user_id)
+            .bind(limit)
+            .bind(before)
+            .fetch_all(pool)
+            .await?
+        }
+    };
+    rows.iter().map(OrderView::from_row).collect()
 }
 
 /// Status and cancel reason of an order.

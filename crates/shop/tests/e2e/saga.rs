@@ -166,6 +166,42 @@ async fn orders_confirm_decline_reject_and_never_oversell() {
         .await;
     assert_eq!(page["items"].as_array().unwrap().len(), 2);
     assert!(page["next_cursor"].is_string());
+    // Following the cursor walks every order once, newest first, to a page without one.
+    let (_, all) = shop
+        .call(Method::GET, "/api/orders?limit=100", Some(&alice), None)
+        .await;
+    let all: Vec<String> = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap().to_string())
+        .collect();
+    let mut walked: Vec<String> = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (s, page) = shop
+            .call(
+                Method::GET,
+                &format!("/api/orders?limit=2&cursor={cursor}"),
+                Some(&alice),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{page}");
+        walked.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["id"].as_str().unwrap().to_string()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = next.to_string(),
+            None => break,
+        }
+    }
+    assert!(all.len() > 2 && all.is_sorted_by(|a, b| a > b), "{all:?}");
+    assert_eq!(walked, all);
 
     // Alice's notifications: one per terminal order, only hers.
     let (_, notes) = shop
@@ -301,6 +337,16 @@ async fn a_late_payment_after_the_deadline_is_refunded_and_the_order_cancelled()
         report.table()
     );
     assert_eq!(report.captured_cents, report.refunded_cents);
+    // The scanner that fired the deadline times each of its cycles.
+    let exposed = shop.metrics_of(shop.port("orders")).await;
+    let scans =
+        shop_platform::metrics::sample_sum(&exposed, "shop_saga_deadline_scan_seconds_count", &[]);
+    let spent =
+        shop_platform::metrics::sample_sum(&exposed, "shop_saga_deadline_scan_seconds_sum", &[]);
+    assert!(
+        scans >= 1.0 && spent > 0.0,
+        "deadline scans {scans}, {spent} s"
+    );
 }
 
 /// The audit is what every other test leans on, so it must see each kind of damage: a stuck
