@@ -132,7 +132,10 @@ pub async fn run_deadlines(
 ) {
     let tick = (deadline / 4).clamp(Duration::from_millis(50), Duration::from_millis(500));
     loop {
-        match fire_due_ids(&pool, deadline).await {
+        let scan = std::time::Instant::now();
+        let result = fire_due_ids(&pool, deadline).await;
+        metrics.deadline_scan.observe(scan.elapsed().as_secs_f64());
+        match result {
             Ok(fired) if !fired.is_empty() => {
                 outbox.wake();
                 for (id, ended) in fired {

@@ -84,6 +84,9 @@ pub struct Metrics {
     pub sagas_ended: Family<SagaLabel, Counter>,
     /// From acceptance of the order to its terminal state.
     pub saga_duration: Histogram,
+    /// One scan of orders for passed deadlines (whatever it found), the deadline scanner's
+    /// cost per cycle.
+    pub deadline_scan: Histogram,
     /// Notifications' delivery (zero in the other programs).
     pub notifications_sent: Counter,
     pub notifications_retried: Counter,
@@ -123,6 +126,7 @@ impl Metrics {
             process_resident_memory_bytes: Gauge::default(),
             sagas_ended: Family::default(),
             saga_duration: Histogram::new(exponential_buckets(0.005, 2.0, 16)),
+            deadline_scan: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             notifications_sent: Counter::default(),
             notifications_retried: Counter::default(),
             notifications_refused: Counter::default(),
@@ -245,6 +249,11 @@ impl Metrics {
             "saga_duration_seconds",
             "From an order's acceptance to its terminal state",
             m.saga_duration.clone(),
+        );
+        registry.register(
+            "saga_deadline_scan_seconds",
+            "One scan of orders for passed saga deadlines, and the transitions it fired",
+            m.deadline_scan.clone(),
         );
         registry.register(
             "notifications_sent",
