@@ -205,7 +205,9 @@ pub(super) fn progress(
                     rate(settled, last.1),
                     ok.saturating_sub(settled),
                 ),
-                Mode::GetProduct => format!("reads {ok} ({}/s)  failed {failed}", rate(ok, last.0)),
+                Mode::GetProduct | Mode::ListOrders => {
+                    format!("reads {ok} ({}/s)  failed {failed}", rate(ok, last.0))
+                }
             };
             if !live {
                 eprintln!("[{:6.1}s] {msg}", start.elapsed().as_secs_f64());
@@ -303,12 +305,17 @@ pub(super) async fn run_orders(shared: Arc<Shared>) -> Report {
     Report::build(&shared, sent_for, start.elapsed())
 }
 
-pub(super) async fn run_reads(shared: Arc<Shared>) -> Report {
+/// Runs `one` (a read: a product, or a user's orders) for every planned request.
+pub(super) async fn run_reads<F, Fut>(shared: Arc<Shared>, one: F) -> Report
+where
+    F: Fn(Arc<Shared>, u64, Instant) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let start = Instant::now();
     let plan = Arc::new(Plan::new(&shared.args, start));
     let stop_progress = CancellationToken::new();
     progress(shared.clone(), start, stop_progress.clone());
-    drive(&shared, plan, start, read_product).await;
+    drive(&shared, plan, start, one).await;
     let sent_for = start.elapsed();
     stop_progress.cancel();
     Report::build(&shared, sent_for, sent_for)
@@ -487,36 +494,45 @@ pub(super) fn settle(shared: &Shared, o: OrderSeen, accepted_at: Instant, expect
 pub(super) async fn read_product(shared: Arc<Shared>, i: u64, due: Instant) {
     let products = &shared.catalog.in_stock;
     let id = products[(i as usize) % products.len()];
-    let sent = shared
+    let request = shared
         .api
         .http
-        .get(format!("{}/api/products/{id}", shared.api.base()))
-        .send()
-        .await;
-    match sent {
+        .get(format!("{}/api/products/{id}", shared.api.base()));
+    read(&shared, "GET /api/products/{id}", request, due).await;
+}
+
+/// The first page of one user's orders, the users in turn.
+pub(super) async fn list_orders(shared: Arc<Shared>, i: u64, due: Instant) {
+    let user = &shared.users[(i as usize) % shared.users.len()];
+    let request = shared
+        .api
+        .http
+        .get(format!("{}/api/orders", shared.api.base()))
+        .bearer_auth(&user.token);
+    read(&shared, "GET /api/orders", request, due).await;
+}
+
+/// Sends a read and counts it: its latency from `due` when it answers 200 with a whole body,
+/// else an error of its kind.
+async fn read(shared: &Shared, what: &str, request: reqwest::RequestBuilder, due: Instant) {
+    let failure = match request.send().await {
         Ok(resp) if resp.status() == StatusCode::OK => match resp.bytes().await {
             Ok(_) => {
                 shared.stats().http.saturating_record(micros(due.elapsed()));
                 shared.ok.fetch_add(1, Ordering::Relaxed);
+                return;
             }
-            Err(e) => {
-                shared.error("GET /api/products/{id}", transport_kind(&e));
-                shared.failed.fetch_add(1, Ordering::Relaxed);
-            }
+            Err(e) => transport_kind(&e).to_string(),
         },
         Ok(resp) => {
-            shared.error(
-                "GET /api/products/{id}",
-                format!("HTTP {}", resp.status().as_u16()),
-            );
+            let status = resp.status().as_u16();
             let _ = resp.bytes().await;
-            shared.failed.fetch_add(1, Ordering::Relaxed);
+            format!("HTTP {status}")
         }
-        Err(e) => {
-            shared.error("GET /api/products/{id}", transport_kind(&e));
-            shared.failed.fetch_add(1, Ordering::Relaxed);
-        }
-    }
+        Err(e) => transport_kind(&e).to_string(),
+    };
+    shared.error(what, failure);
+    shared.failed.fetch_add(1, Ordering::Relaxed);
 }
 
 pub(super) fn micros(d: Duration) -> u64 {

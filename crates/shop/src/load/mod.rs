@@ -13,7 +13,11 @@
 //! orders are unsettled at a time, so a saturated system is measured at the rate it
 //! completes sagas rather than with an ever-growing backlog.
 //!
-//! Get-product mode reads `GET /api/products/{id}` (the cached read path) round-robin.
+//! Get-product mode reads `GET /api/products/{id}` (the cached read path) round-robin;
+//! list-orders mode reads each user's first page of `GET /api/orders`, the users in turn.
+//!
+//! `--tokens` and `--product-ids` take users (their session tokens) and products from files
+//! instead of making new ones: a population seeded in bulk, or the same one across runs.
 //!
 //! The report (a table, or `--json`) gives the rates, latency percentiles, errors by kind and
 //! the outcome of every order; then `shop audit` runs (`--audit false` skips it). The command
@@ -25,6 +29,7 @@
 use std::{
     collections::BTreeMap,
     net::IpAddr,
+    path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -61,6 +66,15 @@ pub enum Mode {
     Orders,
     /// Read products one at a time (`GET /api/products/{id}`, served through the cache).
     GetProduct,
+    /// Read the users' first page of orders (`GET /api/orders`), one user after another.
+    ListOrders,
+}
+
+impl Mode {
+    /// Whether the mode acts as users (who must be registered, or given by --tokens).
+    fn needs_users(self) -> bool {
+        matches!(self, Mode::Orders | Mode::ListOrders)
+    }
 }
 
 /// `shop load`: the administrator who creates the products is `--admin-email` /
@@ -71,15 +85,24 @@ pub struct LoadArgs {
     /// Base URL of the gateway (a loopback address).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub gateway: String,
-    /// `orders` (place orders, follow their sagas) or `get-product` (cached product reads).
+    /// `orders` (place orders, follow their sagas), `get-product` (cached product reads) or
+    /// `list-orders` (users' first page of orders).
     #[arg(long, value_enum, default_value_t = Mode::Orders)]
     pub mode: Mode,
     /// Users registered and logged in to place the orders.
     #[arg(long, default_value_t = 20)]
     pub users: usize,
+    /// A file of session tokens of existing users, one per line, used instead of
+    /// registering --users new ones.
+    #[arg(long, value_name = "FILE")]
+    pub tokens: Option<PathBuf>,
     /// Products created, each with plenty of stock.
     #[arg(long, default_value_t = 20)]
     pub products: usize,
+    /// A file of ids of existing products, one per line, ordered or read instead of creating
+    /// --products new ones (for orders, each needs stock that inventory already knows).
+    #[arg(long, value_name = "FILE")]
+    pub product_ids: Option<PathBuf>,
     /// Requests in flight at most (the number of closed-loop clients without --rate).
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
@@ -155,16 +178,54 @@ pub async fn run(config: &Config, settings: &Settings, args: LoadArgs) -> anyhow
     }
 
     let setup = Instant::now();
-    let admin = admin_token(settings, &api).await?;
     let run_id = Uuid::new_v4().simple().to_string()[..10].to_string();
-    let catalog = create_products(&api, &admin, &args, &run_id).await?;
-    let users = match args.mode {
-        Mode::Orders => create_users(&api, args.users, &run_id).await?,
-        Mode::GetProduct => Vec::new(),
+    let catalog = match &args.product_ids {
+        // Given products are known to inventory already; only a sold-out one is made.
+        Some(file) => {
+            let in_stock = read_lines(file, "--product-ids")?
+                .iter()
+                .map(|l| {
+                    l.parse::<Uuid>()
+                        .with_context(|| format!("{}: {l:?} is not a product id", file.display()))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let sold_out = if wants_sold_out(&args) {
+                let admin = admin_token(settings, &api).await?;
+                let sold_out = create_sold_out(&api, &admin, &args, &run_id).await?;
+                wait_for_inventory(&api, &[sold_out]).await?;
+                Some(sold_out)
+            } else {
+                None
+            };
+            Catalog { in_stock, sold_out }
+        }
+        None if args.mode == Mode::ListOrders => Catalog {
+            in_stock: Vec::new(),
+            sold_out: None,
+        },
+        None => {
+            let admin = admin_token(settings, &api).await?;
+            let catalog = create_products(&api, &admin, &args, &run_id).await?;
+            if args.mode == Mode::Orders {
+                let ids: Vec<Uuid> = catalog
+                    .in_stock
+                    .iter()
+                    .chain(&catalog.sold_out)
+                    .copied()
+                    .collect();
+                wait_for_inventory(&api, &ids).await?;
+            }
+            catalog
+        }
     };
-    if args.mode == Mode::Orders {
-        wait_for_inventory(&api, &catalog).await?;
-    }
+    let users = match (&args.tokens, args.mode.needs_users()) {
+        (_, false) => Vec::new(),
+        (Some(file), true) => read_lines(file, "--tokens")?
+            .into_iter()
+            .map(|token| LoadUser { token })
+            .collect(),
+        (None, true) => create_users(&api, args.users, &run_id).await?,
+    };
     eprintln!(
         "load: {} user(s) and {} product(s) ready in {:.1}s; {}",
         users.len(),
@@ -176,7 +237,8 @@ pub async fn run(config: &Config, settings: &Settings, args: LoadArgs) -> anyhow
     let shared = Arc::new(Shared::new(&args, api, users, catalog));
     let mut report = match args.mode {
         Mode::Orders => run_orders(shared).await,
-        Mode::GetProduct => run_reads(shared).await,
+        Mode::GetProduct => run_reads(shared, read_product).await,
+        Mode::ListOrders => run_reads(shared, list_orders).await,
     };
 
     if args.audit {
@@ -229,10 +291,11 @@ fn validate(args: &LoadArgs) -> anyhow::Result<()> {
     if args.concurrency == 0 || args.concurrency > 4096 {
         bail!("--concurrency must be 1 to 4096");
     }
-    if args.mode == Mode::Orders && (args.users == 0 || args.users > 10_000) {
+    if args.mode.needs_users() && args.tokens.is_none() && (args.users == 0 || args.users > 10_000)
+    {
         bail!("--users must be 1 to 10000");
     }
-    if args.products == 0 || args.products > 10_000 {
+    if args.product_ids.is_none() && (args.products == 0 || args.products > 10_000) {
         bail!("--products must be 1 to 10000");
     }
     if let Some(r) = args.rate
@@ -282,6 +345,7 @@ fn describe(args: &LoadArgs) -> String {
     let what = match args.mode {
         Mode::Orders => "orders",
         Mode::GetProduct => "product reads",
+        Mode::ListOrders => "order list reads",
     };
     format!("{what} at {pace} for {until}")
 }
@@ -294,6 +358,22 @@ use driver::*;
 use report::audit_when_quiet;
 pub use report::{Latency, Report};
 use setup::*;
+
+/// The non-empty lines of a file given as `flag`, trimmed; at least one.
+fn read_lines(file: &Path, flag: &str) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading {flag} {}", file.display()))?;
+    let lines: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    if lines.is_empty() {
+        bail!("{flag} {} has no lines", file.display());
+    }
+    Ok(lines)
+}
 
 /// A duration in seconds from `20s`, `2m`, `1m30s` (humantime) or plain seconds.
 fn seconds(s: &str) -> Result<f64, String> {
@@ -337,7 +417,9 @@ mod tests {
             gateway: g.into(),
             mode: Mode::Orders,
             users: 1,
+            tokens: None,
             products: 1,
+            product_ids: None,
             concurrency: 1,
             rate: None,
             count: Some(1),

@@ -59,7 +59,8 @@ pub struct Report {
     pub unsettled: u64,
     /// Some orders that did not settle.
     pub unsettled_examples: Vec<Uuid>,
-    /// Client latency of POST /api/orders or GET /api/products/{id} (from when it was due).
+    /// Client latency of POST /api/orders, GET /api/products/{id} or GET /api/orders (from
+    /// when it was due).
     pub http_latency: Latency,
     /// Accepted to terminal, from the order's history.
     pub saga_latency: Latency,
@@ -140,12 +141,16 @@ impl Report {
                 }
                 row("unexpected outcomes", self.unexpected_outcomes.to_string());
             }
-            Mode::GetProduct => {
+            Mode::GetProduct | Mode::ListOrders => {
+                let (read, route) = match self.mode {
+                    Mode::ListOrders => ("order pages read", "GET /api/orders latency"),
+                    _ => ("products read", "GET /api/products/{id} latency"),
+                };
                 row(
-                    "products read",
+                    read,
                     format!("{} ({:.1}/s)", self.succeeded, self.succeeded_per_sec),
                 );
-                row("GET /api/products/{id} latency", self.http_latency.row());
+                row(route, self.http_latency.row());
             }
         }
         row("failed requests", self.failed_requests.to_string());

@@ -120,39 +120,68 @@ pub(super) struct Catalog {
 /// Units of stock of each product: the most a product may be created with.
 pub(super) const PLENTY: i64 = 1_000_000;
 
+/// Creates one product with `stock` units, as the administrator.
+async fn create_product(
+    api: &ApiClient,
+    admin: &str,
+    run_id: &str,
+    i: usize,
+    stock: i64,
+) -> anyhow::Result<Uuid> {
+    let (sku, name) = (format!("LOAD-{run_id}-{i}"), format!("Load product {i}"));
+    let product = NewProduct {
+        sku: &sku,
+        name: &name,
+        description: "created by shop load",
+        price_cents: 100 + (i as i64 % 50) * 10,
+        initial_stock: stock,
+    };
+    let answer = api.create_product(admin, &product).await?;
+    if answer.status != StatusCode::CREATED {
+        bail!(
+            "creating a product answered {}: {}",
+            answer.status,
+            answer.body
+        );
+    }
+    answer.id()
+}
+
+/// Whether the run needs a product without stock (for out-of-stock orders).
+pub(super) fn wants_sold_out(args: &LoadArgs) -> bool {
+    args.mode == Mode::Orders && args.out_of_stock_pct > 0.0
+}
+
+/// A product without stock, for out-of-stock orders (numbered after the --products ones).
+pub(super) async fn create_sold_out(
+    api: &ApiClient,
+    admin: &str,
+    args: &LoadArgs,
+    run_id: &str,
+) -> anyhow::Result<Uuid> {
+    create_product(api, admin, run_id, args.products, 0).await
+}
+
 pub(super) async fn create_products(
     api: &ApiClient,
     admin: &str,
     args: &LoadArgs,
     run_id: &str,
 ) -> anyhow::Result<Catalog> {
-    let create = |i: usize, stock: i64| async move {
-        let (sku, name) = (format!("LOAD-{run_id}-{i}"), format!("Load product {i}"));
-        let product = NewProduct {
-            sku: &sku,
-            name: &name,
-            description: "created by shop load",
-            price_cents: 100 + (i as i64 % 50) * 10,
-            initial_stock: stock,
-        };
-        let answer = api.create_product(admin, &product).await?;
-        if answer.status != StatusCode::CREATED {
-            bail!(
-                "creating a product answered {}: {}",
-                answer.status,
-                answer.body
-            );
-        }
-        answer.id()
-    };
     let mut in_stock = Vec::with_capacity(args.products);
     for chunk in (0..args.products).collect::<Vec<_>>().chunks(8) {
-        for id in futures::future::join_all(chunk.iter().map(|i| create(*i, PLENTY))).await {
+        let made = futures::future::join_all(
+            chunk
+                .iter()
+                .map(|i| create_product(api, admin, run_id, *i, PLENTY)),
+        )
+        .await;
+        for id in made {
             in_stock.push(id?);
         }
     }
-    let sold_out = if args.mode == Mode::Orders && args.out_of_stock_pct > 0.0 {
-        Some(create(args.products, 0).await?)
+    let sold_out = if wants_sold_out(args) {
+        Some(create_sold_out(api, admin, args, run_id).await?)
     } else {
         None
     };
@@ -160,9 +189,9 @@ pub(super) async fn create_products(
 }
 
 /// Waits until inventory has the stock of every product (it learns of them by event).
-pub(super) async fn wait_for_inventory(api: &ApiClient, catalog: &Catalog) -> anyhow::Result<()> {
+pub(super) async fn wait_for_inventory(api: &ApiClient, products: &[Uuid]) -> anyhow::Result<()> {
     let until = Instant::now() + SETUP_DEADLINE;
-    for id in catalog.in_stock.iter().chain(&catalog.sold_out) {
+    for id in products {
         loop {
             if api.stock(*id).await?.status == StatusCode::OK {
                 break;

@@ -232,6 +232,35 @@ impl Cluster {
         self.children.insert(program, child);
     }
 
+    /// The Prometheus text a program instance serves on `port` (its own, not the gateway's
+    /// public one).
+    pub async fn metrics_of(&self, port: u16) -> String {
+        let r = self
+            .http
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .expect("the program answers /metrics");
+        assert!(
+            r.status().is_success(),
+            "/metrics on {port}: {}",
+            r.status()
+        );
+        r.text().await.unwrap()
+    }
+
+    /// `shop <args>` with this cluster's environment (a command line tool's run, not a
+    /// program of the cluster).
+    pub fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_shop"));
+        command
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("NO_COLOR", "1")
+            .kill_on_drop(true);
+        command
+    }
+
     /// Kills one program hard (SIGKILL).
     pub fn kill(&mut self, program: &str) {
         if let Some(mut c) = self.children.remove(program) {

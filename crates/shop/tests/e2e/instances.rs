@@ -20,15 +20,7 @@ use crate::cluster::Cluster;
 
 /// Requests answered by an orders instance for the order routes, from its /metrics.
 async fn served(cluster: &Cluster, port: u16) -> f64 {
-    let text = cluster
-        .http
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = cluster.metrics_of(port).await;
     ["/api/orders", "/api/orders/{id}"]
         .iter()
         .map(|route| sample_sum(&text, "shop_http_requests_total", &[("route", route)]))

@@ -9,6 +9,7 @@ mod cluster;
 mod drain;
 mod instances;
 mod limits;
+mod load;
 mod local;
 mod mail;
 mod readme;
