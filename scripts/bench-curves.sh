@@ -18,7 +18,8 @@
 # soak: half the saturation rate for MINUTES (default BENCH_SOAK_MINUTES or 20), each program's
 #   memory, file descriptors, sockets and the saga p99 per minute, first and last side by side.
 #
-# Knobs: BENCH_CURVE_SECONDS (each measured run, default 10), BENCH_ORDERS (1000000),
+# Knobs: BENCH_CURVES (which curves, default "concurrency data catalog"; catalog includes the
+# users and the backlog), BENCH_CURVE_SECONDS (each measured run, default 10), BENCH_ORDERS (1000000),
 # BENCH_PRODUCTS (100000), BENCH_USERS (10000), BENCH_BACKLOG (= BENCH_PRODUCTS).
 
 CURVE_SECONDS=${BENCH_CURVE_SECONDS:-10}
@@ -148,8 +149,11 @@ UPDATE inventory.stock st SET initial = initial + $n * i.quantity, sold = sold +
   FROM orders.order_items i WHERE i.order_id = '$TEMPLATE_ORDER' AND st.product_id = i.product_id;
 COMMIT;
 SQL
-    log "analysing"
+    # Vacuumed, analysed and checkpointed, as a database that grew over months would be: a
+    # checkpoint of the seed's gigabytes of WAL would otherwise stall the measurements.
+    log "vacuuming, analysing, checkpointing"
     sql -c "VACUUM ANALYZE" >/dev/null
+    psql_admin -c "CHECKPOINT" >/dev/null
 }
 
 # $1 more products cloned from TEMPLATE_PRODUCT, each with its product.created event in the

@@ -46,10 +46,11 @@ def concurrency(ax, figures):
         right.plot(xs, [values.get(p, 0) for p in points], style, color="tab:red", label=name)
     right.set_yscale("log")
     right.set_ylabel("saga latency (ms)", color="tab:red")
-    right.legend(loc="upper left", fontsize=8)
+    lines = ax.get_lines() + right.get_lines()
+    right.legend(lines, [line.get_label() for line in lines], loc="upper left", fontsize=8)
 
 
-def ratios(ax, figures, curve, base_curve, base_point, big_point, title):
+def ratios(ax, figures, curve, base_curve, base_point, big_point, title, base_label):
     names = [f for (c, f) in figures if c == curve and big_point in figures[(c, f)]]
     names = [n for n in names if figures.get((base_curve, n), {}).get(base_point)]
     values = [figures[(curve, n)][big_point] / figures[(base_curve, n)][base_point] for n in names]
@@ -57,7 +58,7 @@ def ratios(ax, figures, curve, base_curve, base_point, big_point, title):
     ax.set_yticks(range(len(names)), names, fontsize=7)
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_xscale("log")
-    ax.set_xlabel(f"ratio to {base_point} (log)")
+    ax.set_xlabel(f"ratio to {base_label} (log scale; 1 = no change)")
     ax.set_title(title)
     for i, v in enumerate(values):
         ax.annotate(f"{v:.2f}x", (v, i), fontsize=7, va="center", xytext=(3, 0), textcoords="offset points")
@@ -104,11 +105,11 @@ if ("concurrency", "completed sagas/s") in figures:
     panels.append(lambda ax: concurrency(ax, figures))
 big = {c: max((p for (cc, _), v in figures.items() if cc == c for p in v), key=float, default=None) for c in ("data", "catalog", "users")}
 if big["data"] and "0" in figures.get(("data", "completed sagas/s at saturation"), {}):
-    panels.append(lambda ax: ratios(ax, figures, "data", "data", "0", big["data"], f"{int(float(big['data'])):,} orders vs an empty database"))
+    panels.append(lambda ax: ratios(ax, figures, "data", "data", "0", big["data"], f"{int(float(big['data'])):,} orders vs an empty database", "an empty database"))
 if big["catalog"] and big["catalog"] != "20":
-    panels.append(lambda ax: ratios(ax, figures, "catalog", "catalog", "20", big["catalog"], f"{int(float(big['catalog'])):,} products vs 20"))
+    panels.append(lambda ax: ratios(ax, figures, "catalog", "catalog", "20", big["catalog"], f"{int(float(big['catalog'])):,} products vs 20", "20 products"))
 if big["users"]:
-    panels.append(lambda ax: ratios(ax, figures, "users", "catalog", "20", big["users"], f"{int(float(big['users'])):,} users vs 20"))
+    panels.append(lambda ax: ratios(ax, figures, "users", "catalog", "20", big["users"], f"{int(float(big['users'])):,} users vs 20", "20 users"))
 if os.path.exists(os.path.join(out, "backlog.txt")):
     panels.append(backlog)
 if os.path.exists(os.path.join(out, "soak.tsv")):
