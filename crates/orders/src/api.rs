@@ -79,6 +79,8 @@ pub struct StatusEvent {
     pub status: String,
     /// out_of_stock, payment_failed or timeout, when it entered CANCELLED.
     pub cancel_reason: Option<String>,
+    /// When it entered the status (as in the order's history).
+    pub at: DateTime<Utc>,
 }
 
 /// A product's price as the products service reports it (`GET /internal/products?ids=`).

@@ -10,6 +10,7 @@ use std::{
 };
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use shop_platform::{
     Envelope,
     bus::{Handler, HandlerError},
@@ -18,12 +19,13 @@ use shop_platform::{
     telemetry,
 };
 use sqlx::{PgConnection, PgPool};
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, warn};
 use uuid::Uuid;
 
 use crate::{
+    api::StatusEvent,
+    live::Changes,
     messages::translate,
     saga::{CancelReason, OrderStatus, SagaEvent, Transition, decide},
     store,
@@ -32,12 +34,18 @@ use crate::{
 pub struct SagaHandler {
     /// Deadline of each waiting state.
     pub deadline: Duration,
-    /// Told the order id once a transition has committed (for this instance's event streams).
-    pub changes: broadcast::Sender<Uuid>,
+    /// Told each status change once it has committed (for this instance's event streams).
+    pub changes: Changes,
     pub metrics: Arc<Metrics>,
-    /// Sagas ended by a transaction not yet committed, by the id of the event that ended
-    /// them: counted once it commits (a rolled-back one is retried and ends again).
-    ending: Mutex<HashMap<Uuid, Ended>>,
+    /// What a transaction not yet committed did, by the id of the event it handled: told and
+    /// counted once it commits (a rolled-back one is handled again, and does it again).
+    committing: Mutex<HashMap<Uuid, Committing>>,
+}
+
+/// A status change of a saga, and its end if it ended, waiting for their commit.
+struct Committing {
+    change: StatusEvent,
+    ended: Option<Ended>,
 }
 
 /// A saga that reached its terminal state: how, and how long after its order was accepted.
@@ -74,9 +82,19 @@ impl Ended {
     }
 }
 
-/// Bound on [`SagaHandler::ending`]: entries of transactions that never committed (their
+/// Bound on [`SagaHandler::committing`]: entries of transactions that never committed (their
 /// event dead-lettered) are dropped past it.
-const MAX_ENDING: usize = 10_000;
+const MAX_COMMITTING: usize = 10_000;
+
+/// The change `t` makes to `row`'s status at `at`, if it changes it.
+fn status_change(row: &store::SagaRow, t: &Transition, at: DateTime<Utc>) -> Option<StatusEvent> {
+    (t.state.status != row.state.status).then(|| StatusEvent {
+        order_id: row.id,
+        status: t.state.status.as_str().into(),
+        cancel_reason: t.state.cancel_reason.map(|r| r.as_str().into()),
+        at,
+    })
+}
 
 #[async_trait]
 impl Handler for SagaHandler {
@@ -90,31 +108,34 @@ impl Handler for SagaHandler {
             debug!(%order_id, ?saga_event, status = %row.state.status, "event does not apply; ignored");
             return Ok(());
         }
-        if !store::apply(tx, &row, &t, Some(event), self.deadline).await? {
+        let Some(at) = store::apply(tx, &row, &t, Some(event), self.deadline).await? else {
             return Err(HandlerError::Transient(anyhow::anyhow!(
                 "order {order_id} changed concurrently"
             )));
-        }
-        if t.state.status != row.state.status {
+        };
+        if let Some(change) = status_change(&row, &t, at) {
             info!(%order_id, from = %row.state.status, to = %t.state.status, "order status changed");
-        }
-        if let Some(ended) = Ended::by(&row, &t) {
-            let mut ending = self.ending.lock().expect("not poisoned");
-            if ending.len() >= MAX_ENDING {
-                ending.clear();
+            let ended = Ended::by(&row, &t);
+            let mut committing = self.committing.lock().expect("not poisoned");
+            if committing.len() >= MAX_COMMITTING {
+                committing.clear();
             }
-            ending.insert(event.id, ended);
+            committing.insert(event.id, Committing { change, ended });
         }
         Ok(())
     }
 
     fn committed(&self, event: &Envelope) {
-        if let Ok((order_id, _)) = translate(event) {
-            let _ = self.changes.send(order_id);
-        }
-        let ended = self.ending.lock().expect("not poisoned").remove(&event.id);
-        if let Some(ended) = ended {
-            ended.count(&self.metrics);
+        let done = self
+            .committing
+            .lock()
+            .expect("not poisoned")
+            .remove(&event.id);
+        if let Some(Committing { change, ended }) = done {
+            if let Some(ended) = ended {
+                ended.count(&self.metrics);
+            }
+            self.changes.tell(change);
         }
     }
 }
@@ -126,7 +147,7 @@ pub async fn run_deadlines(
     pool: PgPool,
     deadline: Duration,
     outbox: Waker,
-    changes: broadcast::Sender<Uuid>,
+    changes: Changes,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
@@ -138,11 +159,13 @@ pub async fn run_deadlines(
         match result {
             Ok(fired) if !fired.is_empty() => {
                 outbox.wake();
-                for (id, ended) in fired {
+                for (change, ended) in fired {
                     if let Some(ended) = ended {
                         ended.count(&metrics);
                     }
-                    let _ = changes.send(id);
+                    if let Some(change) = change {
+                        changes.tell(change);
+                    }
                 }
                 continue;
             }
@@ -156,12 +179,12 @@ pub async fn run_deadlines(
     }
 }
 
-/// One batch of passed deadlines; returns the orders whose deadline fired, and the sagas
-/// that ended by it.
+/// One batch of passed deadlines; returns the orders whose deadline fired (with their status
+/// change, if any), and the sagas that ended by it.
 async fn fire_due_ids(
     pool: &PgPool,
     deadline: Duration,
-) -> sqlx::Result<Vec<(Uuid, Option<Ended>)>> {
+) -> sqlx::Result<Vec<(Option<StatusEvent>, Option<Ended>)>> {
     let mut tx = pool.begin().await?;
     let rows = store::due(&mut tx, 100).await?;
     let mut fired = Vec::new();
@@ -187,11 +210,12 @@ async fn fire_due_ids(
         } else {
             store::apply(&mut tx, row, &t, None, deadline).await?
         };
-        if applied {
-            fired.push((row.id, Ended::by(row, &t)));
-            if t.state.status != row.state.status {
+        if let Some(at) = applied {
+            let change = status_change(row, &t, at);
+            if change.is_some() {
                 info!(order_id = %row.id, from = %row.state.status, to = %t.state.status, "deadline passed");
             }
+            fired.push((change, Ended::by(row, &t)));
         }
     }
     tx.commit().await?;
@@ -199,15 +223,11 @@ async fn fire_due_ids(
 }
 
 /// Shared so the HTTP layer can hand it to the consumer.
-pub fn handler(
-    deadline: Duration,
-    changes: broadcast::Sender<Uuid>,
-    metrics: Arc<Metrics>,
-) -> Arc<dyn Handler> {
+pub fn handler(deadline: Duration, changes: Changes, metrics: Arc<Metrics>) -> Arc<dyn Handler> {
     Arc::new(SagaHandler {
         deadline,
         changes,
         metrics,
-        ending: Mutex::default(),
+        committing: Mutex::default(),
     })
 }

@@ -23,11 +23,11 @@ use shop_platform::{
     outbox::Waker,
 };
 use sqlx::PgPool;
-use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::{
     api::{OrderPage, OrderView, PlaceOrder, PricedProduct, StatusEvent},
+    live::{Changes, Watch},
     saga::OrderStatus,
     store::{self, NewOrder},
 };
@@ -46,8 +46,9 @@ pub struct AppState {
     /// Signs the service assertion of orders' calls to products.
     pub keys: Keys,
     pub deadline: Duration,
-    /// Order ids whose status changed (told after each commit of this instance).
-    pub changes: broadcast::Sender<Uuid>,
+    /// Status changes of the orders watched by this instance's event streams (told after
+    /// each commit of this instance).
+    pub changes: Changes,
     /// Wakes the outbox relay once a new order (and its `order.created`) has committed.
     pub outbox: Waker,
 }
@@ -369,76 +370,77 @@ async fn list(
     Ok(Json(OrderPage { items, next_cursor }))
 }
 
+/// How long an event stream waits for a change told by this instance before it reads the
+/// order again (a change made by another instance of the service is seen this way).
+const RECHECK: Duration = Duration::from_secs(1);
+
 /// Server-sent events: the current status at once, then every change, until a terminal one.
+/// Changes made by this instance come with their status (no read of the database); the order
+/// is read again only after [`RECHECK`] without one.
 async fn events(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let id: Uuid = id.parse().map_err(|_| ApiError::not_found("order"))?;
-    store::view(&state.pool, id, owner_filter(&caller))
+    // Watching before the read: a change committed after it is not missed.
+    let watch = state.changes.watch(id);
+    let view = store::view(&state.pool, id, owner_filter(&caller))
         .await?
         .ok_or_else(|| ApiError::not_found("order"))?;
-    let rx = state.changes.subscribe();
+    let now = StatusEvent {
+        order_id: id,
+        at: view.history.last().map_or(view.updated_at, |h| h.at),
+        status: view.status,
+        cancel_reason: view.cancel_reason,
+    };
     struct S {
-        state: Arc<AppState>,
-        rx: broadcast::Receiver<Uuid>,
-        last: Option<String>,
-        done: bool,
-        first: bool,
+        pool: PgPool,
+        watch: Watch,
+        /// The event to send first (the status when the stream opened).
+        first: Option<StatusEvent>,
+        last: Option<StatusEvent>,
     }
     let init = S {
-        state,
-        rx,
+        pool: state.pool.clone(),
+        watch,
+        first: Some(now),
         last: None,
-        done: false,
-        first: true,
     };
     let stream = futures::stream::unfold(init, move |mut s| async move {
-        if s.done {
+        if s.last.as_ref().is_some_and(|l| is_terminal(&l.status)) {
             return None;
         }
         loop {
-            if !s.first {
-                // Wake on a change of this order made by this instance, or re-check every
-                // second (for changes made by another instance of the service).
-                let wait = async {
-                    loop {
-                        match s.rx.recv().await {
-                            Ok(changed) if changed == id => return,
-                            Ok(_) => {}
-                            Err(broadcast::error::RecvError::Lagged(_)) => return,
-                            Err(broadcast::error::RecvError::Closed) => {
-                                std::future::pending::<()>().await
-                            }
-                        }
-                    }
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(1), wait).await;
-            }
-            s.first = false;
-            let Ok(Some((status, cancel_reason))) = store::status(&s.state.pool, id).await else {
-                continue;
+            let seen = match s.first.take() {
+                Some(first) => first,
+                None => match tokio::time::timeout(RECHECK, s.watch.changed()).await {
+                    Ok(Some(change)) => change,
+                    _ => match store::status(&s.pool, id).await {
+                        Ok(Some(now)) => now,
+                        _ => continue,
+                    },
+                },
             };
-            if s.last.as_deref() == Some(status.as_str()) {
+            // Same status, or an older change told late: nothing new.
+            if s.last
+                .as_ref()
+                .is_some_and(|l| l.status == seen.status || l.at > seen.at)
+            {
                 continue;
             }
-            s.last = Some(status.clone());
-            s.done = status
-                .parse::<OrderStatus>()
-                .is_ok_and(|st| st.is_terminal());
-            let ev = StatusEvent {
-                order_id: id,
-                status,
-                cancel_reason,
-            };
             let event = SseEvent::default()
                 .event("status")
-                .json_data(&ev)
+                .json_data(&seen)
                 .unwrap_or_default();
+            s.last = Some(seen);
             return Some((Ok(event), s));
         }
     })
     .boxed();
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+fn is_terminal(status: &str) -> bool {
+    status.parse::<OrderStatus>().is_ok_and(|s| s.is_terminal())
 }

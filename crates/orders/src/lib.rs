@@ -4,6 +4,7 @@
 pub mod api;
 pub mod handlers;
 pub mod http;
+pub mod live;
 pub mod messages;
 pub mod program;
 pub mod saga;

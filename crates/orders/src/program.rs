@@ -2,12 +2,10 @@
 
 use std::time::Duration;
 
+use crate::{handlers, http, live::Changes, messages};
 use async_trait::async_trait;
 use clap::Args;
 use shop_platform::service::{Context, Parts, Program};
-use tokio::sync::broadcast;
-
-use crate::{handlers, http, messages};
 
 shop_platform::service! {
     /// Who the orders service is: the saga's orchestrator, hearing from inventory and payments.
@@ -41,7 +39,7 @@ impl Program for Orders {
     async fn build(&self, ctx: &Context) -> anyhow::Result<Parts> {
         let pool = ctx.pool().clone();
         let deadline = self.settings.saga_deadline();
-        let (changes, _) = broadcast::channel(1024);
+        let changes = Changes::default();
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(5))

@@ -1,6 +1,7 @@
 //! All SQL of the orders service. Every saga transition is one transaction: the order row
 //! (state, version, deadline), its history and the outbox rows of the commands it issues.
 
+use chrono::{DateTime, Utc};
 use shop_platform::{
     Envelope,
     events::{OrderCreated, OrderLine},
@@ -10,7 +11,7 @@ use sqlx::{FromRow as _, PgConnection, PgPool, Row as _};
 use uuid::Uuid;
 
 use crate::{
-    api::OrderView,
+    api::{OrderView, StatusEvent},
     messages::command_event,
     saga::{OrderStatus, SagaState, Transition},
 };
@@ -28,7 +29,7 @@ pub struct SagaRow {
     #[sqlx(rename = "saga", json)]
     pub state: SagaState,
     /// When the order was accepted.
-    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub created_at: DateTime<Utc>,
     /// The `traceparent` of the request that placed it.
     pub trace_context: Option<String>,
 }
@@ -152,19 +153,20 @@ pub async fn due(tx: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<SagaRow>
 }
 
 /// Applies a transition: state, version, deadline, history, and the outbox rows of its
-/// commands, all on `tx`. Returns false if the row changed since it was read (nothing applied).
+/// commands, all on `tx`. Returns the time it is recorded at (the transaction's, as in the
+/// history), or `None` if the row changed since it was read (nothing applied).
 pub async fn apply(
     tx: &mut PgConnection,
     row: &SagaRow,
     t: &Transition,
     cause: Option<&Envelope>,
     deadline: std::time::Duration,
-) -> sqlx::Result<bool> {
+) -> sqlx::Result<Option<DateTime<Utc>>> {
     let status_changed = t.state.status != row.state.status;
-    let updated = sqlx::query(
+    let updated: Option<DateTime<Utc>> = sqlx::query_scalar(
         "UPDATE orders SET status = $2, cancel_reason = $3, saga = $4, version = version + 1,
              deadline_at = CASE WHEN $5 THEN now() + make_interval(secs => $6) ELSE NULL END, updated_at = now()
-         WHERE id = $1 AND version = $7",
+         WHERE id = $1 AND version = $7 RETURNING updated_at",
     )
     .bind(row.id)
     .bind(t.state.status.as_str())
@@ -173,12 +175,11 @@ pub async fn apply(
     .bind(t.deadline.is_some())
     .bind(deadline.as_secs_f64())
     .bind(row.version)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if updated != 1 {
-        return Ok(false);
-    }
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(at) = updated else {
+        return Ok(None);
+    };
     if status_changed {
         history(tx, row.id, t.state.status).await?;
     }
@@ -192,7 +193,7 @@ pub async fn apply(
         let event = command_event(row, command, cause, &items);
         outbox::enqueue(tx, &event).await?;
     }
-    Ok(true)
+    Ok(Some(at))
 }
 
 /// An order's lines, in the order they were placed.
@@ -301,12 +302,22 @@ pub async fn page(
     rows.iter().map(OrderView::from_row).collect()
 }
 
-/// Status and cancel reason of an order.
-pub async fn status(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<(String, Option<String>)>> {
-    sqlx::query_as("SELECT status, cancel_reason FROM orders WHERE id = $1")
-        .bind(id)
-        .fetch_optional(pool)
-        .await
+/// An order's status now, as its event stream tells it.
+pub async fn status(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<StatusEvent>> {
+    let row: Option<(String, Option<String>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT status, cancel_reason,
+                coalesce((SELECT max(at) FROM order_history h WHERE h.order_id = o.id), o.updated_at)
+         FROM orders o WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(status, cancel_reason, at)| StatusEvent {
+        order_id: id,
+        status,
+        cancel_reason,
+        at,
+    }))
 }
 
 /// What the orders service keeps of order `id` for its timeline, from the `orders` tables

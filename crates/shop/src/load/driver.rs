@@ -65,12 +65,10 @@ pub(super) struct Shared {
     pub(super) ok: AtomicU64,
     pub(super) failed: AtomicU64,
     pub(super) settled: AtomicU64,
-    pub(super) polls: AtomicU64,
-    /// Recent saga latency (µs), to time the first poll of the next orders.
-    pub(super) recent_saga_us: AtomicU64,
+    /// Order event streams opened.
+    pub(super) streams: AtomicU64,
     pub(super) stats: Mutex<Stats>,
     pub(super) pending: Arc<Semaphore>,
-    pub(super) poll_slots: Semaphore,
 }
 
 impl Shared {
@@ -89,8 +87,7 @@ impl Shared {
             ok: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             settled: AtomicU64::new(0),
-            polls: AtomicU64::new(0),
-            recent_saga_us: AtomicU64::new(50_000),
+            streams: AtomicU64::new(0),
             stats: Mutex::new(Stats {
                 http: histogram(),
                 saga: histogram(),
@@ -103,7 +100,6 @@ impl Shared {
                 last_terminal: None,
             }),
             pending: Arc::new(Semaphore::new(args.max_pending)),
-            poll_slots: Semaphore::new(args.poll_concurrency),
         }
     }
 
@@ -321,9 +317,11 @@ where
     Report::build(&shared, sent_for, sent_for)
 }
 
+/// What the 202 of a placed order says that the load generator uses.
 #[derive(Deserialize)]
 pub(super) struct Accepted {
     pub(super) id: Uuid,
+    pub(super) created_at: DateTime<Utc>,
 }
 
 pub(super) async fn place_order(shared: Arc<Shared>, trackers: &TaskTracker, i: u64, due: Instant) {
@@ -373,7 +371,7 @@ pub(super) async fn place_order(shared: Arc<Shared>, trackers: &TaskTracker, i: 
         .stats()
         .http
         .saturating_record(micros(accepted_at - due));
-    let Some(Accepted { id }) = answer else {
+    let Some(placed) = answer else {
         shared.error("POST /api/orders", "unreadable 202 body");
         shared.failed.fetch_add(1, Ordering::Relaxed);
         return;
@@ -381,72 +379,74 @@ pub(super) async fn place_order(shared: Arc<Shared>, trackers: &TaskTracker, i: 
     shared.ok.fetch_add(1, Ordering::Relaxed);
     let shared = shared.clone();
     trackers.spawn(async move {
-        track(&shared, user, id, accepted_at, expect).await;
+        track(&shared, user, placed, accepted_at, expect).await;
         drop(permit);
     });
 }
 
+/// A status of an order, as its event stream tells it.
 #[derive(Deserialize)]
-pub(super) struct OrderSeen {
+pub(super) struct StatusSeen {
     pub(super) status: String,
     pub(super) cancel_reason: Option<String>,
-    pub(super) history: Vec<HistorySeen>,
-}
-
-#[derive(Deserialize)]
-pub(super) struct HistorySeen {
+    /// When the order entered it (the server's time).
     pub(super) at: DateTime<Utc>,
 }
 
-/// Polls an order until it is CONFIRMED or CANCELLED, or its deadline passes.
+impl StatusSeen {
+    fn is_terminal(&self) -> bool {
+        self.status == "CONFIRMED" || self.status == "CANCELLED"
+    }
+}
+
+/// Follows an order on its event stream until it is CONFIRMED or CANCELLED, or its deadline
+/// passes; a stream that breaks off is opened again.
 pub(super) async fn track(
     shared: &Shared,
     user: usize,
-    id: Uuid,
+    placed: Accepted,
     accepted_at: Instant,
     expect: Expect,
 ) {
     let deadline = accepted_at + Duration::from_secs_f64(shared.args.settle_timeout);
-    // First look a little after most sagas end, then back off.
-    let recent = Duration::from_micros(shared.recent_saga_us.load(Ordering::Relaxed));
-    let mut wait = recent.mul_f64(1.5).clamp(MIN_POLL, MAX_POLL);
-    let url = format!("{}/api/orders/{id}", shared.api.base());
+    let url = format!("{}/api/orders/{}/events", shared.api.base(), placed.id);
     loop {
-        let next = (Instant::now() + wait).min(deadline);
-        tokio::time::sleep_until(next.into()).await;
-        let seen = {
-            let Ok(_slot) = shared.poll_slots.acquire().await else {
-                return;
-            };
-            shared.polls.fetch_add(1, Ordering::Relaxed);
-            poll_order(shared, &url, &shared.users[user].token).await
-        };
-        match seen {
-            Ok(o) if o.status == "CONFIRMED" || o.status == "CANCELLED" => {
-                settle(shared, o, accepted_at, expect);
+        shared.streams.fetch_add(1, Ordering::Relaxed);
+        let followed = tokio::time::timeout_at(
+            deadline.into(),
+            follow(shared, &url, &shared.users[user].token, deadline),
+        )
+        .await;
+        match followed {
+            Ok(Ok(end)) => {
+                settle(shared, &placed, end, accepted_at, expect);
                 return;
             }
-            Ok(_) => {}
-            Err(kind) => shared.error("GET /api/orders/{id}", kind),
+            Ok(Err(kind)) => shared.error("GET /api/orders/{id}/events", kind),
+            Err(_) => {}
         }
-        if Instant::now() >= deadline {
-            shared.stats().unsettled.push(id);
+        if Instant::now() + STREAM_RETRY >= deadline {
+            shared.stats().unsettled.push(placed.id);
             return;
         }
-        wait = (wait * 2).clamp(MIN_POLL, MAX_POLL);
+        tokio::time::sleep(STREAM_RETRY).await;
     }
 }
 
-pub(super) async fn poll_order(
+/// Reads an order's event stream to its terminal status.
+async fn follow(
     shared: &Shared,
     url: &str,
     token: &str,
-) -> Result<OrderSeen, String> {
+    deadline: Instant,
+) -> Result<StatusSeen, String> {
     let resp = shared
         .api
         .http
         .get(url)
         .bearer_auth(token)
+        // The stream lasts as long as the saga: bounded by the order's deadline instead.
+        .timeout(deadline.saturating_duration_since(Instant::now()))
         .send()
         .await
         .map_err(|e| transport_kind(&e).to_string())?;
@@ -455,35 +455,44 @@ pub(super) async fn poll_order(
         let _ = resp.bytes().await;
         return Err(format!("HTTP {status}"));
     }
-    resp.json::<OrderSeen>()
-        .await
-        .map_err(|e| transport_kind(&e).to_string())
+    let mut events = resp.bytes_stream().eventsource();
+    while let Some(event) = events.next().await {
+        let event = event.map_err(|e| match e {
+            EventStreamError::Transport(e) => transport_kind(&e).to_string(),
+            other => format!("unreadable stream: {other}"),
+        })?;
+        if event.event != "status" {
+            continue;
+        }
+        let seen: StatusSeen = serde_json::from_str(&event.data)
+            .map_err(|e| format!("unreadable status event: {e}"))?;
+        if seen.is_terminal() {
+            return Ok(seen);
+        }
+    }
+    Err("the stream ended before a terminal status".into())
 }
 
-pub(super) fn settle(shared: &Shared, o: OrderSeen, accepted_at: Instant, expect: Expect) {
+pub(super) fn settle(
+    shared: &Shared,
+    placed: &Accepted,
+    end: StatusSeen,
+    accepted_at: Instant,
+    expect: Expect,
+) {
     let observed = micros(accepted_at.elapsed());
-    let span = match (o.history.first(), o.history.last()) {
-        (Some(first), Some(last)) => Some((first.at, last.at)),
-        _ => None,
-    };
-    let outcome = match &o.cancel_reason {
-        Some(r) => format!("{} ({r})", o.status),
-        None => o.status.clone(),
+    let outcome = match &end.cancel_reason {
+        Some(r) => format!("{} ({r})", end.status),
+        None => end.status.clone(),
     };
     let mut s = shared.stats();
-    if let Some((created, terminal)) = span {
-        let saga_us = (terminal - created).num_microseconds().unwrap_or(0).max(0) as u64;
-        s.saga.saturating_record(saga_us.max(1));
-        // A smoothed recent latency times the first poll of later orders.
-        let prev = shared.recent_saga_us.load(Ordering::Relaxed);
-        shared
-            .recent_saga_us
-            .store((prev * 7 + saga_us) / 8, Ordering::Relaxed);
-        s.first_created = Some(s.first_created.map_or(created, |f| f.min(created)));
-        s.last_terminal = Some(s.last_terminal.map_or(terminal, |l| l.max(terminal)));
-    }
+    let (created, terminal) = (placed.created_at, end.at);
+    let saga_us = (terminal - created).num_microseconds().unwrap_or(0).max(0) as u64;
+    s.saga.saturating_record(saga_us.max(1));
+    s.first_created = Some(s.first_created.map_or(created, |f| f.min(created)));
+    s.last_terminal = Some(s.last_terminal.map_or(terminal, |l| l.max(terminal)));
     s.observed.saturating_record(observed);
-    if !expect.matches(&o.status, o.cancel_reason.as_deref()) {
+    if !expect.matches(&end.status, end.cancel_reason.as_deref()) {
         s.unexpected += 1;
     }
     *s.outcomes.entry(outcome).or_default() += 1;
@@ -518,7 +527,11 @@ async fn read(shared: &Shared, what: &str, request: reqwest::RequestBuilder, due
     let failure = match request.send().await {
         Ok(resp) if resp.status() == StatusCode::OK => match resp.bytes().await {
             Ok(_) => {
-                shared.stats().http.saturating_record(micros(due.elapsed()));
+                let accepted_at = Instant::now();
+                shared
+                    .stats()
+                    .http
+                    .saturating_record(micros(accepted_at - due));
                 shared.ok.fetch_add(1, Ordering::Relaxed);
                 return;
             }

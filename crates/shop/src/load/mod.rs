@@ -7,9 +7,9 @@
 //! `--concurrency` clients can (closed loop) or at a fixed `--rate` (open loop: latencies
 //! count from the time each request was due, so a slow server cannot hide its queueing), for
 //! `--count` orders or `--duration` seconds. Every accepted order is followed to CONFIRMED or
-//! CANCELLED by polling `GET /api/orders/{id}` (few polls in flight, each order with its own
-//! deadline); its saga latency is taken from the order's own history (PENDING to the terminal
-//! status, server timestamps), so polling intervals do not blur it. At most `--max-pending`
+//! CANCELLED on its event stream `GET /api/orders/{id}/events`, as the storefront follows it
+//! (each order with its own deadline); its saga latency is taken from the server's timestamps
+//! (the order's creation to its terminal status). At most `--max-pending`
 //! orders are unsettled at a time, so a saturated system is measured at the rate it
 //! completes sagas rather than with an ever-growing backlog.
 //!
@@ -39,6 +39,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, Utc};
+use eventsource_stream::{EventStreamError, Eventsource as _};
+use futures::StreamExt as _;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use reqwest::{Client, StatusCode};
@@ -125,9 +127,6 @@ pub struct LoadArgs {
     /// Orders accepted but not yet seen settled, at most; placing waits beyond it.
     #[arg(long, default_value_t = 256)]
     pub max_pending: usize,
-    /// Order status polls in flight at most.
-    #[arg(long, default_value_t = 32)]
-    pub poll_concurrency: usize,
     /// Seconds an accepted order may take to settle before it counts as unsettled.
     #[arg(long, default_value_t = 120.0)]
     pub settle_timeout: f64,
@@ -145,9 +144,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for products to reach inventory, and for the audit to come out clean.
 const SETUP_DEADLINE: Duration = Duration::from_secs(60);
 const AUDIT_DEADLINE: Duration = Duration::from_secs(60);
-/// Polling of an order's status: never sooner or later than this after the previous look.
-const MIN_POLL: Duration = Duration::from_millis(10);
-const MAX_POLL: Duration = Duration::from_millis(1000);
+/// Wait before opening an order's event stream again after it broke off.
+const STREAM_RETRY: Duration = Duration::from_millis(100);
 /// Seconds of sending when neither --count nor --duration is given.
 const DEFAULT_DURATION_SECS: f64 = 10.0;
 
@@ -156,7 +154,8 @@ pub async fn run(config: &Config, settings: &Settings, args: LoadArgs) -> anyhow
     validate(&args)?;
     let base = args.gateway.trim_end_matches('/').to_string();
     let http = Client::builder()
-        .pool_max_idle_per_host(args.concurrency + args.poll_concurrency + 8)
+        // Requests in flight, and an event stream for each order not yet settled.
+        .pool_max_idle_per_host(args.concurrency + args.max_pending + 8)
         // The gateway closes connections idle past its header-read timeout.
         .pool_idle_timeout(config.client_idle_timeout())
         .tcp_nodelay(true)
@@ -322,8 +321,8 @@ fn validate(args: &LoadArgs) -> anyhow::Result<()> {
     if args.decline_pct + args.out_of_stock_pct > 100.0 {
         bail!("--decline-pct and --out-of-stock-pct add up to more than 100");
     }
-    if args.max_pending == 0 || args.poll_concurrency == 0 {
-        bail!("--max-pending and --poll-concurrency must be at least 1");
+    if args.max_pending == 0 {
+        bail!("--max-pending must be at least 1");
     }
     if !(args.settle_timeout > 0.0 && args.settle_timeout <= 3600.0) {
         bail!("--settle-timeout must be above 0 and at most 3600 seconds");
@@ -427,7 +426,6 @@ mod tests {
             decline_pct: 0.0,
             out_of_stock_pct: 0.0,
             max_pending: 1,
-            poll_concurrency: 1,
             settle_timeout: 1.0,
             audit: false,
             json: false,

@@ -62,11 +62,12 @@ pub struct Report {
     /// Client latency of POST /api/orders, GET /api/products/{id} or GET /api/orders (from
     /// when it was due).
     pub http_latency: Latency,
-    /// Accepted to terminal, from the order's history.
+    /// Created to terminal, the server's timestamps.
     pub saga_latency: Latency,
-    /// Accepted to terminal as the client saw it (bounded below by the polling interval).
+    /// Accepted to terminal as the client saw it on the order's event stream.
     pub observed_saga_latency: Latency,
-    pub status_polls: u64,
+    /// Order event streams opened (one per order, more if one broke off).
+    pub status_streams: u64,
     pub errors: BTreeMap<String, u64>,
     pub outcomes: BTreeMap<String, u64>,
     /// Orders that ended otherwise than their payment token and product implied.
@@ -100,7 +101,7 @@ impl Report {
             http_latency: Latency::of(&s.http),
             saga_latency: Latency::of(&s.saga),
             observed_saga_latency: Latency::of(&s.observed),
-            status_polls: shared.polls.load(Ordering::Relaxed),
+            status_streams: shared.streams.load(Ordering::Relaxed),
             errors: s.errors.clone(),
             outcomes: s.outcomes.clone(),
             unexpected_outcomes: s.unexpected,
@@ -134,8 +135,8 @@ impl Report {
                 row("orders not settled", self.unsettled.to_string());
                 row("POST /api/orders latency", self.http_latency.row());
                 row("saga latency (server)", self.saga_latency.row());
-                row("saga latency (as polled)", self.observed_saga_latency.row());
-                row("status polls", self.status_polls.to_string());
+                row("saga latency (as seen)", self.observed_saga_latency.row());
+                row("status streams opened", self.status_streams.to_string());
                 for (k, v) in &self.outcomes {
                     row(&format!("  {k}"), v.to_string());
                 }
