@@ -1,13 +1,17 @@
 //! The delivery worker: the notifications' own outbox. Event handlers only record a
 //! notification as pending (in their inbox transaction); this worker claims pending ones,
-//! sends them outside any transaction, and marks each sent with its `notification.sent` in
-//! one transaction. A mail server that is away or slow delays delivery with backoff and
-//! never holds an event handler; a refusal for good is recorded with its reason.
+//! sends them outside any transaction, and marks those of a claim that were sent, with their
+//! `notification.sent`, in one transaction. A mail server that is away or slow delays
+//! delivery with backoff and never holds an event handler; a refusal for good is recorded with
+//! its reason.
 //!
 //! A crash between sending and marking sends the message again once the claim's lease runs
 //! out, with the same `Message-ID` (at least once, recognisably so: SMTP allows no better).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use futures::StreamExt as _;
 use shop_platform::{
@@ -30,6 +34,8 @@ pub const POLL_EVERY: Duration = Duration::from_secs(1);
 const BATCH: i64 = 32;
 /// Deliveries in progress at once (over the transport's pooled connections).
 const CONCURRENCY: usize = 8;
+/// The pending gauges are counted again at most this often (a count is a query).
+const GAUGE_EVERY: Duration = Duration::from_secs(1);
 /// The first retry's delay; each further failure doubles it, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -60,6 +66,7 @@ pub struct Worker {
 impl Worker {
     /// Delivers until `stop`; what is in flight then is finished first.
     pub async fn run(self, stop: CancellationToken) {
+        let mut counted: Option<Instant> = None;
         while !stop.is_cancelled() {
             let full = match self.deliver_due().await {
                 Ok(n) => n as i64 == BATCH,
@@ -68,7 +75,10 @@ impl Worker {
                     false
                 }
             };
-            self.gauge().await;
+            if counted.is_none_or(|at| at.elapsed() >= GAUGE_EVERY) {
+                self.gauge().await;
+                counted = Some(Instant::now());
+            }
             if full {
                 continue;
             }
@@ -80,20 +90,37 @@ impl Worker {
         }
     }
 
-    /// Claims the due notifications and delivers them; returns how many were claimed.
+    /// Claims the due notifications, delivers them, and marks those delivered sent in one
+    /// transaction; returns how many were claimed.
     pub async fn deliver_due(&self) -> anyhow::Result<usize> {
         let due = store::claim_due(&self.pool, BATCH, self.lease).await?;
         let n = due.len();
+        let delivered = Mutex::new(Vec::with_capacity(n));
         futures::stream::iter(due)
-            .for_each_concurrent(CONCURRENCY, |d| self.deliver(d))
+            .for_each_concurrent(CONCURRENCY, |d| async {
+                if let Some(d) = self.deliver(d).await {
+                    delivered.lock().expect("not poisoned").push(d);
+                }
+            })
             .await;
+        let delivered = delivered.into_inner().expect("not poisoned");
+        if !delivered.is_empty() {
+            crash::point("notifications.after_send");
+            if let Err(e) = self.mark_sent(&delivered).await {
+                // Delivered, not recorded: sent again (same Message-ID) after the lease.
+                warn!(notifications = delivered.len(), error = %format!("{e:#}"), "delivered but not marked sent");
+            }
+        }
         Ok(n)
     }
 
-    /// Delivers one notification: in the trace of the transaction that recorded it.
-    async fn deliver(&self, due: Due) {
+    /// Delivers one notification, in the trace of the transaction that recorded it; returns
+    /// it if it was delivered (to be marked sent), with the delivery's span (its
+    /// `notification.sent` continues that trace).
+    async fn deliver(&self, due: Due) -> Option<(Due, tracing::Span)> {
         if !telemetry::exporting() {
-            return self.deliver_in_span(due).await;
+            let delivered = self.deliver_in_span(due).await?;
+            return Some((delivered, tracing::Span::none()));
         }
         let span = tracing::info_span!(
             "deliver",
@@ -112,10 +139,11 @@ impl Worker {
         if let Some(order) = due.notification.order_id {
             telemetry::annotate(&span, "shop.order_id", order);
         }
-        self.deliver_in_span(due).instrument(span).await
+        let delivered = self.deliver_in_span(due).instrument(span.clone()).await?;
+        Some((delivered, span))
     }
 
-    async fn deliver_in_span(&self, due: Due) {
+    async fn deliver_in_span(&self, due: Due) -> Option<Due> {
         let n = &due.notification;
         let Some(address) = due.email.clone() else {
             let age = (chrono::Utc::now() - n.created_at)
@@ -135,7 +163,7 @@ impl Worker {
                 )
                 .await;
             }
-            return;
+            return None;
         };
         let email = Email {
             notification_id: n.id,
@@ -149,13 +177,7 @@ impl Worker {
             html: n.html.clone(),
         };
         match self.sender.send(&email).await {
-            Ok(()) => {
-                crash::point("notifications.after_send");
-                if let Err(e) = self.mark_sent(&due).await {
-                    // Delivered, not recorded: sent again (same Message-ID) after the lease.
-                    warn!(notification_id = %n.id, error = %format!("{e:#}"), "delivered but not marked sent");
-                }
-            }
+            Ok(()) => return Some(due),
             Err(SendError::Transient(e)) => {
                 telemetry::set_error(&tracing::Span::current(), "smtp.transient", e.clone());
                 self.metrics.notifications_retried.inc();
@@ -167,12 +189,20 @@ impl Worker {
                 self.refuse(n.id, &e).await
             }
         }
+        None
     }
 
-    async fn mark_sent(&self, due: &Due) -> anyhow::Result<()> {
-        let n = &due.notification;
+    /// Marks delivered notifications sent, each with its `notification.sent`, in one
+    /// transaction (one that is no longer pending, refused meanwhile, is left as it is).
+    async fn mark_sent(&self, delivered: &[(Due, tracing::Span)]) -> anyhow::Result<()> {
+        let ids: Vec<uuid::Uuid> = delivered.iter().map(|(d, _)| d.notification.id).collect();
         let mut tx = self.pool.begin().await?;
-        if store::mark_sent(&mut tx, n.id).await? {
+        let marked = store::mark_sent(&mut tx, &ids).await?;
+        for (d, span) in delivered
+            .iter()
+            .filter(|(d, _)| marked.contains(&d.notification.id))
+        {
+            let n = &d.notification;
             let sent = NotificationSent {
                 notification_id: n.id,
                 user_id: n.user_id,
@@ -180,12 +210,17 @@ impl Worker {
             };
             let correlation = n.correlation_id.unwrap_or(n.id);
             let event = Envelope::new(n.id, &sent, correlation, n.source_event_id);
-            outbox::enqueue(&mut tx, &event).await?;
+            outbox::enqueue(&mut tx, &event)
+                .instrument(span.clone())
+                .await?;
         }
         tx.commit().await?;
         self.outbox.wake();
-        self.metrics.notifications_sent.inc();
-        info!(notification_id = %n.id, kind = %n.kind, user_id = %n.user_id, order_id = ?n.order_id, attempts = n.attempts, "notification delivered");
+        for (d, _) in delivered {
+            let n = &d.notification;
+            self.metrics.notifications_sent.inc();
+            info!(notification_id = %n.id, kind = %n.kind, user_id = %n.user_id, order_id = ?n.order_id, attempts = n.attempts, "notification delivered");
+        }
         Ok(())
     }
 

@@ -126,18 +126,16 @@ pub async fn claim_due(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Resu
         .await
 }
 
-/// Marks a delivered notification sent; false if it was not pending any more (another
-/// instance marked it first).
-pub async fn mark_sent(tx: &mut PgConnection, id: Uuid) -> sqlx::Result<bool> {
-    let done = sqlx::query(
+/// Marks delivered notifications sent; returns those it marked (not one that was not pending
+/// any more: another instance marked it first, or it was refused meanwhile).
+pub async fn mark_sent(tx: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
         "UPDATE notifications SET status = 'sent', sent_at = now(), last_error = NULL
-         WHERE id = $1 AND status = 'pending'",
+         WHERE id = ANY($1) AND status = 'pending' RETURNING id",
     )
-    .bind(id)
-    .execute(tx)
-    .await?
-    .rows_affected();
-    Ok(done == 1)
+    .bind(ids)
+    .fetch_all(tx)
+    .await
 }
 
 /// Leaves a notification pending, to be tried again after `delay`, with the failure.
