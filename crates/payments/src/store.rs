@@ -114,6 +114,21 @@ pub async fn by_order(pool: &PgPool, order_id: Uuid) -> anyhow::Result<Option<Pa
     select_by_order(pool, order_id, "").await
 }
 
+/// Takes a transaction lock on each of `orders` (an advisory lock: the payment rows of new
+/// requests do not exist yet), in the order of their keys, the same for every transaction.
+pub async fn lock_orders(tx: &mut PgConnection, orders: &[Uuid]) -> sqlx::Result<()> {
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(k.class, k.key) FROM (
+             SELECT DISTINCT hashtext('shop-payments-order') AS class, hashtext(id::text) AS key
+             FROM unnest($1::uuid[]) AS id ORDER BY key
+         ) k",
+    )
+    .bind(orders)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
 /// The order's payment, locked until the end of the transaction.
 pub async fn lock_by_order(
     tx: &mut PgConnection,

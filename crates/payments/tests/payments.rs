@@ -410,3 +410,63 @@ async fn impossible_refunds_are_dead_lettered_with_a_reason() {
     assert_eq!(svc.emitted(declined).await.len(), 1);
     svc.stop().await;
 }
+
+/// Batches handled at once over the same orders never deadlock, though each batch meets the
+/// orders in another order (redelivered requests: the first insert of an order's payment makes
+/// a second wait for it). The batch locks its orders first, in key order (`lock_batch`);
+/// without that, PostgreSQL aborts one of two batches waiting on each other. Money still
+/// moves once per order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_batches_over_the_same_orders_do_not_deadlock() {
+    let svc = Svc::start().await;
+    let handler = shop_payments::handlers::PaymentsHandler {
+        provider: Payments {
+            settings: shop_platform::config::defaults(),
+            saga_deadline: Duration::from_secs(30),
+        }
+        .provider_config()
+        .unwrap(),
+    };
+    assert!(
+        shop_platform::bus::Handler::batched(&handler),
+        "a provider that answers at once is batched"
+    );
+    let handler = Arc::new(handler);
+    let orders: Vec<Uuid> = (0..6).map(|_| Uuid::now_v7()).collect();
+    let (workers, rounds) = (8, 10);
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (pool, orders, handler) = (svc.env.pool.clone(), orders.clone(), handler.clone());
+        tasks.push(tokio::spawn(async move {
+            for round in 0..rounds {
+                // Every order in each batch: half the workers walk them forwards, half
+                // backwards, each from another start.
+                let batch: Vec<Envelope> = (0..orders.len())
+                    .map(|k| {
+                        let i = if w % 2 == 0 {
+                            w + round + k
+                        } else {
+                            60 + w + round - k
+                        };
+                        requested(orders[i % orders.len()], 1_000, "tok_visa")
+                    })
+                    .collect();
+                let spans: Vec<(&Envelope, tracing::Span)> =
+                    batch.iter().map(|e| (e, tracing::Span::none())).collect();
+                shop_platform::inbox::process_batch(&pool, &spans, handler.as_ref())
+                    .await
+                    .map_err(|e| format!("worker {w}, round {round}: {e}"))?;
+            }
+            Ok::<_, String>(())
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().expect("every batch committed");
+    }
+    for order in &orders {
+        let payments = svc.payments(*order).await;
+        assert_eq!(payments.len(), 1, "one payment per order");
+        assert_eq!(payments[0].1, "captured");
+    }
+    svc.stop().await;
+}
