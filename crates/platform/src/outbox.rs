@@ -15,7 +15,13 @@
 //! trigger on every outbox insert turned the services' write path into a single queue (it was
 //! the first bottleneck under load, see the README's Performance section).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
@@ -77,9 +83,20 @@ pub(crate) fn messaging_attributes(
     }
 }
 
+/// Outbox rows written in this process so far (by [`enqueue`], committed or not).
+static ENQUEUED: AtomicU64 = AtomicU64::new(0);
+
+/// How many outbox rows this process has written so far: a transaction that wrote none leaves
+/// it as it was (so its commit need not wake the relay), though rows written meanwhile by
+/// other tasks change it too.
+pub fn enqueued() -> u64 {
+    ENQUEUED.load(Ordering::SeqCst)
+}
+
 /// Adds an event to the outbox inside the caller's transaction, with the trace context of the
 /// current span (the transaction's), in which the relay will publish it.
 pub async fn enqueue(tx: &mut PgConnection, event: &Envelope) -> sqlx::Result<()> {
+    ENQUEUED.fetch_add(1, Ordering::SeqCst);
     sqlx::query(
         "INSERT INTO outbox (event_id, event_type, body, trace_context) VALUES ($1, $2, $3, $4)",
     )
@@ -134,7 +151,7 @@ impl Waker {
         self.0.notify_one();
     }
 
-    async fn woken(&self) {
+    pub(crate) async fn woken(&self) {
         self.0.notified().await;
     }
 }
@@ -224,13 +241,14 @@ impl Relay {
         // Marking rows sent need not wait for the WAL flush: if a crash loses the mark, the
         // rows are published again and consumers' inboxes drop the copies (the same as a
         // crash between the confirms and this update). Saves an fsync per batch.
-        sqlx::query("SET LOCAL synchronous_commit TO OFF")
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE outbox SET sent_at = clock_timestamp() WHERE id = ANY($1)")
-            .bind(&sent)
-            .execute(&mut *tx)
-            .await?;
+        // (One statement: the setting for this transaction, then the update.)
+        sqlx::query(
+            "WITH async AS (SELECT set_config('synchronous_commit', 'off', true))
+             UPDATE outbox SET sent_at = clock_timestamp() FROM async WHERE id = ANY($1)",
+        )
+        .bind(&sent)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         if let (Some(span), Some(e)) = (&batch, &failure) {
             telemetry::set_error(span, "publish", e.to_string());

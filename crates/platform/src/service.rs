@@ -488,10 +488,7 @@ impl Workers {
             };
         };
         let consumer = handler.map(|inner| {
-            let handler = Arc::new(WakeRelay {
-                inner,
-                waker: waker.clone(),
-            });
+            let handler = Arc::new(WakeRelay::new(inner, waker.clone()));
             broker.consume(name, pool.clone(), handler, consumer_stop.clone())
         });
         let relay = Relay {
@@ -608,10 +605,32 @@ fn outbox_gauges(
 }
 
 /// A program's handler that also wakes the outbox relay once a handled event's transaction
-/// (which may have written outbox rows) has committed.
+/// that wrote outbox rows has committed (a wake for one that wrote none would only send the
+/// relay to find nothing).
 struct WakeRelay {
     inner: Arc<dyn Handler>,
     waker: outbox::Waker,
+    /// Events whose handling wrote outbox rows (or may have: the count is the process's),
+    /// not yet committed.
+    writing: std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>,
+}
+
+/// Bound on [`WakeRelay::writing`]: entries of transactions that never committed (their event
+/// dead-lettered) are dropped past it (a wake then lost is made up by the relay's poll).
+const MAX_WRITING: usize = 10_000;
+
+impl WakeRelay {
+    fn new(inner: Arc<dyn Handler>, waker: outbox::Waker) -> Self {
+        WakeRelay {
+            inner,
+            waker,
+            writing: Default::default(),
+        }
+    }
+
+    fn writing(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<uuid::Uuid>> {
+        self.writing.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 #[async_trait]
@@ -621,11 +640,22 @@ impl Handler for WakeRelay {
         event: &crate::envelope::Envelope,
         tx: &mut sqlx::PgConnection,
     ) -> Result<(), crate::bus::HandlerError> {
-        self.inner.handle(event, tx).await
+        let before = outbox::enqueued();
+        self.inner.handle(event, tx).await?;
+        if outbox::enqueued() != before {
+            let mut writing = self.writing();
+            if writing.len() >= MAX_WRITING {
+                writing.clear();
+            }
+            writing.insert(event.id);
+        }
+        Ok(())
     }
 
     fn committed(&self, event: &crate::envelope::Envelope) {
-        self.waker.wake();
+        if self.writing().remove(&event.id) {
+            self.waker.wake();
+        }
         self.inner.committed(event);
     }
 
@@ -673,10 +703,63 @@ mod tests {
                 false
             }
         }
-        let wrapped = WakeRelay {
-            inner: Arc::new(Alone),
-            waker: outbox::Waker::default(),
-        };
+        let wrapped = WakeRelay::new(Arc::new(Alone), outbox::Waker::default());
         assert!(!wrapped.batched());
+    }
+
+    /// The relay is woken by the commit of a handler's transaction that wrote outbox rows,
+    /// and only by such a commit (another would send it to find nothing).
+    #[tokio::test]
+    async fn only_a_commit_that_wrote_outbox_rows_wakes_the_relay() {
+        use futures::FutureExt as _;
+        use sqlx::Connection as _;
+
+        /// Writes an outbox row for events of type `writes`, nothing for others.
+        struct Writes;
+        #[async_trait]
+        impl Handler for Writes {
+            async fn handle(
+                &self,
+                event: &crate::envelope::Envelope,
+                tx: &mut sqlx::PgConnection,
+            ) -> Result<(), crate::bus::HandlerError> {
+                if event.event_type == "writes" {
+                    outbox::enqueue(tx, event).await?;
+                }
+                Ok(())
+            }
+        }
+        let url = "postgres://postgres@127.0.0.1:5432/postgres";
+        let mut db = sqlx::PgConnection::connect(url).await.unwrap();
+        // The session's own outbox (a temporary table, gone with the connection).
+        sqlx::query("CREATE TEMPORARY TABLE outbox (event_id uuid, event_type text, body text, trace_context text)")
+            .execute(&mut db)
+            .await
+            .unwrap();
+        let waker = outbox::Waker::default();
+        let relay = WakeRelay::new(Arc::new(Writes), waker.clone());
+        let event = |kind: &str| crate::envelope::Envelope {
+            event_type: kind.into(),
+            ..crate::envelope::Envelope::new(
+                uuid::Uuid::now_v7(),
+                &crate::events::UserRegistered {
+                    user_id: uuid::Uuid::now_v7(),
+                    email: "a@b.test".into(),
+                    name: "A".into(),
+                },
+                uuid::Uuid::now_v7(),
+                uuid::Uuid::now_v7(),
+            )
+        };
+        let woken = || waker.woken().now_or_never().is_some();
+        for (kind, wakes) in [("writes", true), ("reads", false), ("writes", true)] {
+            let e = event(kind);
+            let mut tx = db.begin().await.unwrap();
+            relay.handle(&e, &mut tx).await.unwrap();
+            assert!(!woken(), "{kind}: not before the commit");
+            tx.commit().await.unwrap();
+            relay.committed(&e);
+            assert_eq!(woken(), wakes, "{kind}");
+        }
     }
 }
