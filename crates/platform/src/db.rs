@@ -141,11 +141,28 @@ fn service_session(opts: PgConnectOptions, schema: &str) -> PgConnectOptions {
     ])
 }
 
+/// A pooled connection idle for longer than this is checked (a round trip) before it is
+/// handed out; one in steady use is not.
+const CHECK_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 async fn pool(opts: PgConnectOptions, max_connections: u32) -> sqlx::Result<PgPool> {
     PgPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(5))
+        // sqlx pings every connection it hands out by default: a round trip (and a wake-up of
+        // its PostgreSQL backend) per transaction. Only a connection that sat idle is pinged;
+        // one that broke while in use fails its statement, which the callers treat as
+        // transient (503, or the message retried), and the pool drops it.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > CHECK_IF_IDLE_FOR {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(opts)
         .await
 }
