@@ -661,7 +661,7 @@ impl Acks {
     async fn flush(state: &mut AckState) {
         let below = state.open.keys().next().copied().unwrap_or(u64::MAX);
         let above = state.settled.split_off(&below);
-        let prefix = std::mem::replace(&mut state.settled, BTreeMap::new());
+        let prefix = std::mem::take(&mut state.settled);
         let count = prefix.len();
         if let Some((_, (acker, _held))) = prefix.into_iter().next_back() {
             send_ack(&acker, count > 1, count).await;
